@@ -1,0 +1,52 @@
+# FinOps Review. Quick start: `make run` (demo dashboard) and `make test` (whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test test-fast lint format bench install clean services
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Demo dashboard on embedded defaults: SQLite and in-process tasks, unless DATABASE_URL /
+# REDIS_URL are set in the environment.
+run: $(STAMP)
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py bootstrap
+	$(BIN)/python manage.py demo
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# The whole suite, against PostgreSQL and Redis when they are reachable on this machine.
+test: $(STAMP) lint
+	set -a; eval "$$($(BIN)/python scripts/services.py)"; set +a; \
+	FINOPS_ENV=test $(BIN)/pytest $(PYTEST_ARGS)
+
+# Without the slow browser and integration tests.
+test-fast: $(STAMP)
+	set -a; eval "$$($(BIN)/python scripts/services.py)"; set +a; \
+	FINOPS_ENV=test $(BIN)/pytest -m "not integration and not browser" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	FINOPS_ENV=test $(BIN)/python manage.py makemigrations --check --dry-run > /dev/null
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	set -a; eval "$$($(BIN)/python scripts/services.py)"; set +a; \
+	for script in tests/bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) db.sqlite3 staticfiles .pytest_cache .ruff_cache
