@@ -1,0 +1,342 @@
+"""The data layer: who the company is (entities, departments), how its books are laid out
+(chart of accounts, operational series, scenarios), where data comes from (data sources,
+refresh runs) and the facts loaded from them.
+
+Facts hold only additive numbers (amounts; sums and counts) at month grain, unique on their
+natural key per source, so loading is an idempotent replace of a source's periods.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from finops.periods import PeriodRule
+
+code_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", "Use letters, digits, '_', '-' or '.', starting with a letter or digit."
+)
+currency_validator = RegexValidator(r"^[A-Z]{3}$", "Use a three-letter ISO 4217 code such as USD.")
+
+MONEY_DIGITS = 20
+MONEY_PLACES = 4
+
+
+class Entity(models.Model):
+    """A legal or management entity in the organization tree, with its reporting currency."""
+
+    code = models.CharField(max_length=40, unique=True, validators=[code_validator])
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    currency = models.CharField(max_length=3, default="USD", validators=[currency_validator])
+    ownership_pct = models.DecimalField(
+        "ownership %",
+        max_digits=5,
+        decimal_places=2,
+        default=Decimal("100"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
+        help_text="Share of this entity owned by its parent, in percent.",
+    )
+
+    class Meta:
+        verbose_name_plural = "entities"
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Department(models.Model):
+    """A department in the organization; its side says whose scorecard its KPIs belong to."""
+
+    class Side(models.TextChoices):
+        FINANCE = "finance", "Finance"
+        OPERATIONS = "operations", "Operations"
+        OTHER = "other", "Other"
+
+    code = models.CharField(max_length=40, unique=True, validators=[code_validator])
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    side = models.CharField(max_length=12, choices=Side.choices, default=Side.OTHER)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Scenario(models.Model):
+    """Actual, budget, forecast, or a scenario a user adds (for example a what-if)."""
+
+    class Kind(models.TextChoices):
+        ACTUAL = "actual", "Actual"
+        BUDGET = "budget", "Budget"
+        FORECAST = "forecast", "Forecast"
+        OTHER = "other", "Other"
+
+    code = models.CharField(max_length=40, unique=True, validators=[code_validator])
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.OTHER)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Account(models.Model):
+    """A node of the chart of accounts. Facts are booked on leaves; totals roll up the tree.
+
+    ``rollup_sign`` says how the account rolls into its parent: +1 adds, -1 subtracts,
+    0 leaves it out (statistical accounts such as headcount).
+    """
+
+    class Type(models.TextChoices):
+        ASSET = "asset", "Asset"
+        LIABILITY = "liability", "Liability"
+        EQUITY = "equity", "Equity"
+        REVENUE = "revenue", "Revenue"
+        EXPENSE = "expense", "Expense"
+        STATISTICAL = "statistical", "Statistical"
+
+    class TimeBehaviour(models.TextChoices):
+        FLOW = "flow", "Flow (a quarter sums its months)"
+        BALANCE = "balance", "Balance (a quarter takes its last month)"
+
+    class Unit(models.TextChoices):
+        CURRENCY = "currency", "Currency"
+        UNITS = "units", "Units"
+
+    code = models.CharField(max_length=40, unique=True, validators=[code_validator])
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    account_type = models.CharField("type", max_length=12, choices=Type.choices)
+    time_behaviour = models.CharField(max_length=8, choices=TimeBehaviour.choices)
+    rollup_sign = models.SmallIntegerField(
+        choices=[(1, "+ adds to parent"), (-1, "- subtracts from parent"), (0, "~ left out")], default=1
+    )
+    unit = models.CharField(max_length=10, choices=Unit.choices, default=Unit.CURRENCY)
+    sort_order = models.IntegerField(default=0)
+
+    class Meta:
+        ordering = ["sort_order", "code"]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.name}"
+
+    @property
+    def operator(self) -> str:
+        return {1: "+", -1: "-", 0: "~"}[self.rollup_sign]
+
+
+class OperationalSeries(models.Model):
+    """A kind of operational observation, such as orders delivered on time or call minutes."""
+
+    code = models.CharField(max_length=60, unique=True, validators=[code_validator])
+    name = models.CharField(max_length=200)
+    unit = models.CharField(
+        max_length=30, blank=True, help_text="Unit of the summed value, e.g. orders, minutes."
+    )
+    time_behaviour = models.CharField(
+        max_length=8, choices=Account.TimeBehaviour.choices, default=Account.TimeBehaviour.FLOW
+    )
+    description = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name_plural = "operational series"
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DataSource(models.Model):
+    """Where facts come from. Facts remember their source so a reload replaces only its rows."""
+
+    class Kind(models.TextChoices):
+        FILE = "file", "File (CSV, XLSX)"
+        SQL = "sql", "SQL database"
+        HTTP = "http", "HTTP JSON API"
+        DEMO = "demo", "Built-in demo company"
+        ADVENTUREWORKS = "adventureworks", "AdventureWorksDW export"
+
+    slug = models.SlugField(max_length=60, unique=True)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    config = models.JSONField(
+        default=dict, blank=True, help_text="Connector settings; secrets are never stored here."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RefreshRun(models.Model):
+    """One run of the refresh pipeline (or of one source's import), with its figures."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    class Trigger(models.TextChoices):
+        COMMAND = "command", "Command line"
+        SCHEDULE = "schedule", "Nightly schedule"
+        MANUAL = "manual", "Refresh now"
+
+    source = models.ForeignKey(
+        DataSource, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.COMMAND)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rows_read = models.BigIntegerField(default=0)
+    rows_inserted = models.BigIntegerField(default=0)
+    rows_updated = models.BigIntegerField(default=0)
+    rows_deleted = models.BigIntegerField(default=0)
+    rows_rejected = models.BigIntegerField(default=0)
+    steps = models.JSONField(default=list, blank=True, help_text="Per-source figures and timings.")
+    warnings = models.JSONField(default=list, blank=True)
+    errors = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            # The database itself guarantees that two runs never overlap.
+            models.UniqueConstraint(
+                fields=["status"], condition=Q(status="running"), name="one_running_refresh"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} ({self.status})"
+
+    @property
+    def duration(self):  # noqa: ANN201 - a timedelta or None
+        return self.finished_at - self.started_at if self.finished_at else None
+
+
+class CurrencyRate(models.Model):
+    """Monthly rate of one unit of ``currency`` in the group currency: average for flows,
+    end of period for balances (the usual translation rule)."""
+
+    currency = models.CharField(max_length=3, validators=[currency_validator])
+    period = models.DateField(help_text="First day of the month.")
+    average_rate = models.DecimalField(max_digits=20, decimal_places=10)
+    end_rate = models.DecimalField(max_digits=20, decimal_places=10)
+    source = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="currency_rates")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "currency", "period"], name="currencyrate_natural_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.currency} {self.period:%Y-%m}"
+
+
+class FinancialFact(models.Model):
+    """An amount booked on a leaf account, in the entity's currency, for one month."""
+
+    source = models.ForeignKey(DataSource, on_delete=models.PROTECT, related_name="financial_facts")
+    period = models.DateField(help_text="First day of the month.")
+    entity = models.ForeignKey(Entity, on_delete=models.PROTECT)
+    department = models.ForeignKey(Department, on_delete=models.PROTECT)
+    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "scenario", "period", "entity", "department", "account"],
+                name="financialfact_natural_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["scenario", "period", "account"])]
+
+    def __str__(self) -> str:
+        return f"{self.period:%Y-%m} {self.account_id} {self.amount}"
+
+
+class OperationalFact(models.Model):
+    """An additive operational observation: a sum and a count, so rates are exact at any grain.
+
+    ``date`` is the day observed when the source has one (else the first of the month);
+    ``dimension`` distinguishes rows of one series on one day (a shift, a channel), or is empty.
+    """
+
+    source = models.ForeignKey(DataSource, on_delete=models.PROTECT, related_name="operational_facts")
+    period = models.DateField(help_text="First day of the month.")
+    date = models.DateField()
+    entity = models.ForeignKey(Entity, on_delete=models.PROTECT)
+    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT)
+    series = models.ForeignKey(OperationalSeries, on_delete=models.PROTECT)
+    dimension = models.CharField(max_length=100, blank=True, default="")
+    value = models.DecimalField(
+        max_digits=MONEY_DIGITS, decimal_places=6, help_text="Sum of the observed values."
+    )
+    count = models.BigIntegerField(default=1, help_text="Number of observations summed.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "scenario", "series", "entity", "date", "dimension"],
+                name="operationalfact_natural_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["scenario", "period", "series"])]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.series_id} {self.value}/{self.count}"
+
+
+class PeriodCoverage(models.Model):
+    """Rows per source, scenario and month, refreshed after each load so the
+    Data page reads a few hundred stored rows instead of counting millions of facts."""
+
+    class FactKind(models.TextChoices):
+        FINANCIAL = "financial", "Financial"
+        OPERATIONAL = "operational", "Operational"
+
+    source = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="coverage")
+    scenario = models.ForeignKey(Scenario, on_delete=models.CASCADE)
+    fact_kind = models.CharField(max_length=12, choices=FactKind.choices)
+    period = models.DateField()
+    rows = models.BigIntegerField()
+
+    class Meta:
+        verbose_name_plural = "period coverage"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "scenario", "fact_kind", "period"], name="periodcoverage_natural_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source_id} {self.fact_kind} {self.period:%Y-%m}: {self.rows} rows"
+
+
+PERIOD_RULE_CHOICES = [(rule.value, rule.label) for rule in PeriodRule]

@@ -1,0 +1,37 @@
+"""Connectors: each data source kind has a loader that reads its input, validates every row,
+and writes facts through ``finops.loading`` (inside the refresh's transaction)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from finops.loading import LoadResult
+from finops.models import DataSource
+
+
+@dataclass
+class Report:
+    """What a loader noticed: warnings are shown on the run; they never stop a load."""
+
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+Loader = Callable[..., LoadResult]  # load(source: DataSource, *, report: Report) -> LoadResult
+
+LOADERS: dict[str, str] = {
+    DataSource.Kind.DEMO: "finops.sources.demo",
+    DataSource.Kind.ADVENTUREWORKS: "finops.sources.adventureworks",
+}
+
+
+def loader_for(source: DataSource) -> Loader:
+    try:
+        module = LOADERS[source.kind]
+    except KeyError:
+        raise ValueError(f"No loader for data sources of kind {source.kind!r}") from None
+    return importlib.import_module(module).load

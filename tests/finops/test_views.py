@@ -1,0 +1,99 @@
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from finops import sources
+from finops.models import DataSource, RefreshRun
+from finops.refresh import refresh
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def fake_file_loader(monkeypatch):
+    monkeypatch.setitem(sources.LOADERS, DataSource.Kind.FILE, "tests.finops.fake_source")
+
+
+def make_sources(count: int) -> None:
+    for i in range(count):
+        src = factories.source(f"ledger{i}")
+        src.config = {"rows": [["2024-01-01", "1"], ["2024-03-01", "2"]], "warnings": ["w"]}
+        src.save()
+        refresh(source_slug=src.slug)
+
+
+@pytest.mark.parametrize("name,args", [("home", []), ("data", []), ("run-detail", [1])])
+def test_every_page_requires_login(client, name, args):
+    response = client.get(reverse(name, args=args))
+    assert response.status_code == 302
+    assert response.url.startswith(reverse("login"))
+
+
+def test_the_login_page_logs_a_user_in(client):
+    factories.leadership_user()
+    response = client.post(reverse("login"), {"username": "ceo", "password": "pw"}, follow=True)
+    assert response.redirect_chain[-1][0] == reverse("data")
+    assert b"Data" in response.content
+
+
+def test_the_data_page_explains_what_to_do_when_there_is_no_data(client):
+    client.force_login(factories.leadership_user())
+    response = client.get(reverse("data"))
+    assert b"No data yet" in response.content
+    assert b"Refresh all sources now" not in response.content
+
+
+@pytest.mark.parametrize("count", [1, 6])
+def test_the_data_page_makes_a_fixed_number_of_queries(client, count):
+    factories.dimensions()
+    make_sources(count)
+    client.force_login(factories.leadership_user())
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(reverse("data"))
+    assert response.status_code == 200
+    # session, user, analyst check, user's groups (menu), sources, coverage, runs, last successes
+    assert len(queries) == 8, [q["sql"] for q in queries]
+    body = response.content.decode()
+    assert body.count('class="cell-missing"') == count  # February has no rows in any source
+    assert f"ledger{count - 1}".title() in body
+
+
+def test_leadership_cannot_start_a_refresh(client):
+    client.force_login(factories.leadership_user())
+    assert client.post(reverse("refresh-now")).status_code == 403
+    assert not RefreshRun.objects.exists()
+
+
+def test_an_analyst_starts_a_refresh_that_runs_on_commit(client, django_capture_on_commit_callbacks):
+    factories.dimensions()
+    make_sources(1)
+    analyst = factories.analyst_user()
+    client.force_login(analyst)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("refresh-now"), {"source": "ledger0"})
+    assert response.status_code == 302
+    run = RefreshRun.objects.latest("started_at")
+    assert (run.trigger, run.status, run.requested_by) == ("manual", "succeeded", analyst)
+
+
+def test_refresh_of_an_unknown_source_is_refused_with_a_message(client):
+    client.force_login(factories.analyst_user())
+    response = client.post(reverse("refresh-now"), {"source": "nope"}, follow=True)
+    assert b"There is no data source" in response.content
+    assert not RefreshRun.objects.exists()
+
+
+def test_a_runs_report_names_row_and_column_of_each_error(client):
+    factories.dimensions()
+    src = factories.source("ledger")
+    src.config = {"reject": True}
+    src.save()
+    run = refresh()
+    client.force_login(factories.leadership_user())
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(reverse("run-detail", args=[run.pk]))
+    body = response.content.decode()
+    assert "Failed" in body and "ledger.csv" in body and "12,x" in body and "is not a number" in body
+    assert len(queries) == 4  # session, user, run, user's groups (menu)
