@@ -1,0 +1,174 @@
+"""Facts to monthly measure values, aggregated in the database.
+
+One pass over each fact table: the facts are first grouped by month, entity, scenario and
+account (and department, only when a measure filters by department: grouping by it would
+keep almost every row of a large ledger as its own group), and only those group totals are
+mapped onto measures, through an inline VALUES table of (account, measure, sign,
+department) rows. Raw fact rows never leave the database, so memory does not grow with the
+row count, and money stays exact (``numeric`` in PostgreSQL, ``Decimal`` in Python).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import date
+from decimal import Decimal
+
+from django.db import connection, transaction
+
+from finops.models import Account, Department, FinancialFact, OperationalFact, Scenario
+from kpis.models import Measure
+
+WORK_MEM = "64MB"
+
+# (measure_id, scenario_id, entity_id, period) -> amount, for leaf entities
+MonthlyTotals = dict[tuple[int, int, int, date], Decimal]
+
+
+def account_signs() -> dict[int, dict[int, int]]:
+    """For every account: {leaf account id: product of roll-up signs from the leaf up to it}.
+
+    The named account's own sign is not applied (it says how the account rolls into ITS
+    parent), so "Total Cost of Sales" reads as a positive cost.
+    """
+    parent_of: dict[int, int | None] = {}
+    sign_of: dict[int, int] = {}
+    for pk, parent_id, sign in Account.objects.values_list("pk", "parent_id", "rollup_sign"):
+        parent_of[pk], sign_of[pk] = parent_id, sign
+    signs: dict[int, dict[int, int]] = defaultdict(dict)
+    for leaf in parent_of:
+        factor, node = 1, leaf
+        signs[leaf][leaf] = 1
+        seen = {leaf}
+        while parent_of[node] is not None and sign_of[node] != 0:
+            factor *= sign_of[node]
+            node = parent_of[node]
+            if node in seen:  # a cycle in the tree is a data error; stop rather than loop
+                break
+            seen.add(node)
+            signs[node][leaf] = factor
+    return signs
+
+
+def department_subtrees() -> dict[int, list[int]]:
+    children: dict[int | None, list[int]] = defaultdict(list)
+    for pk, parent_id in Department.objects.values_list("pk", "parent_id"):
+        children[parent_id].append(pk)
+    subtree: dict[int, list[int]] = {}
+    for root in [pk for ids in children.values() for pk in ids]:
+        stack, found = [root], []
+        while stack:
+            node = stack.pop()
+            found.append(node)
+            stack.extend(children.get(node, []))
+        subtree[root] = found
+    return subtree
+
+
+def financial_totals(measures: Iterable[Measure], months: list[date] | None = None) -> MonthlyTotals:
+    """Monthly totals of account roll-up measures per scenario and leaf entity (one query)."""
+    signs = account_signs()
+    departments = department_subtrees()
+    scenarios = list(Scenario.objects.values_list("pk", flat=True))
+    mapping: list[tuple[int, int, int, int]] = []  # account, measure, sign, department (0 = any)
+    for measure in measures:
+        if measure.kind != Measure.Kind.ACCOUNT:
+            continue
+        dept_ids = departments.get(measure.department_id, [0]) if measure.department_id else [0]
+        leaves: dict[int, int] = {}
+        for account in measure.accounts.all():  # prefetched by the caller
+            leaves.update(signs.get(account.pk, {}))
+        for leaf, sign in leaves.items():
+            mapping.extend((leaf, measure.pk, sign, dept) for dept in dept_ids)
+    if not mapping:
+        return {}
+    facts = FinancialFact._meta.db_table
+    by_department = any(dept for *_, dept in mapping)
+    department = "f.department_id" if by_department else "0"
+    params: list = []
+    where = ""
+    if months:
+        where = f"WHERE f.period IN ({', '.join(['%s'] * len(months))})"
+        params.extend(months)
+        if connection.vendor == "postgresql" and scenarios:
+            # Lets PostgreSQL use the (scenario, period, account) index for a few months.
+            where += f" AND f.scenario_id IN ({', '.join(['%s'] * len(scenarios))})"
+            params.extend(scenarios)
+    values = ", ".join(["(%s, %s, %s, %s)"] * len(mapping))
+    for row in mapping:
+        params.extend(row)
+    # The inner GROUP BY is the one scan of the fact table; the join happens on its totals.
+    sql = f"""
+        WITH leaf AS (
+            SELECT f.period, f.entity_id, f.scenario_id, {department} AS department_id, f.account_id,
+                   SUM(f.amount) AS total
+            FROM {facts} f {where}
+            GROUP BY f.period, f.entity_id, f.scenario_id, f.account_id{", f.department_id" * by_department}
+        ), map (account_id, measure_id, sign, department_id) AS (VALUES {values})
+        SELECT m.measure_id, leaf.scenario_id, leaf.entity_id, leaf.period, SUM(leaf.total * m.sign)
+        FROM leaf JOIN map m ON m.account_id = leaf.account_id
+             AND (m.department_id = 0 OR m.department_id = leaf.department_id)
+        GROUP BY m.measure_id, leaf.scenario_id, leaf.entity_id, leaf.period
+    """  # noqa: S608 - only placeholders and our own table name are interpolated
+    return _fetch(sql, params)
+
+
+def operational_totals(measures: Iterable[Measure], months: list[date] | None = None) -> MonthlyTotals:
+    """Monthly sums (or counts) of operational series per scenario and entity (one query)."""
+    wanted = [m for m in measures if m.kind != Measure.Kind.ACCOUNT and m.series_id is not None]
+    if not wanted:
+        return {}
+    facts = OperationalFact._meta.db_table
+    series_ids = sorted({m.series_id for m in wanted})
+    params: list = list(series_ids)
+    where = f"WHERE o.series_id IN ({', '.join(['%s'] * len(series_ids))})"
+    if months:
+        where += f" AND o.period IN ({', '.join(['%s'] * len(months))})"
+        params.extend(months)
+    sql = f"""
+        SELECT o.series_id, o.scenario_id, o.entity_id, o.period, SUM(o.value), SUM(o.count)
+        FROM {facts} o {where}
+        GROUP BY o.series_id, o.scenario_id, o.entity_id, o.period
+    """  # noqa: S608 - only placeholders and our own table name are interpolated
+    by_series: dict[int, list[Measure]] = defaultdict(list)
+    for measure in wanted:
+        by_series[measure.series_id].append(measure)
+    totals: MonthlyTotals = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for series_id, scenario_id, entity_id, period, value_sum, count_sum in cursor.fetchall():
+            for measure in by_series[series_id]:
+                raw = value_sum if measure.kind == Measure.Kind.SERIES_VALUE else count_sum
+                totals[(measure.pk, scenario_id, entity_id, _as_date(period))] = _as_decimal(raw)
+    return totals
+
+
+def _fetch(sql: str, params: list) -> MonthlyTotals:
+    with transaction.atomic(), connection.cursor() as cursor:
+        restore = _hash_memory(cursor)
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+        restore()
+    return {
+        (measure_id, scenario_id, entity_id, _as_date(period)): _as_decimal(total)
+        for measure_id, scenario_id, entity_id, period, total in rows
+    }
+
+
+def _hash_memory(cursor) -> Callable[[], None]:
+    """Enough memory for the GROUP BY's hash table (tens of thousands of groups) not to spill
+    to disk, for one query; returns what puts the setting back."""
+    if connection.vendor != "postgresql":
+        return lambda: None
+    cursor.execute("SELECT current_setting('work_mem'), set_config('work_mem', %s, true)", [WORK_MEM])
+    previous = cursor.fetchone()[0]
+    return lambda: cursor.execute("SELECT set_config('work_mem', %s, true)", [previous])
+
+
+def _as_date(value) -> date:  # SQLite returns ISO strings from raw SQL
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def _as_decimal(value) -> Decimal:  # SQLite returns floats or ints for SUM over decimals
+    return value if isinstance(value, Decimal) else Decimal(str(value))

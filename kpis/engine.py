@@ -1,0 +1,1299 @@
+"""The computation engine: facts -> measure values -> KPI values, with targets and statuses.
+
+1. Aggregate the facts in the database into monthly measure totals per entity
+   (``kpis.aggregate``: one scan per fact table).
+2. Roll entities up their tree; an amount in another currency is translated into the
+   node's currency first (average rate for flows, period-end rate for balances), and a
+   missing rate leaves the node's value empty with the reason, never a wrong sum.
+3. Derive quarters and years (fiscal) from the months: flows sum, balances take the last
+   month. A KPI at quarter grain is then computed from the quarter's measures, never as an
+   average of monthly ratios.
+4. Evaluate every KPI formula over all periods at once with pandas, once per grain over every
+   scenario and entity stacked in one frame (the evaluator keeps the series apart), in
+   dependency order.
+5. Attach targets (typed or imported, else the KPI's rule: budget, or last year plus N %),
+   variance and status, and store everything in one transaction, writing only the values
+   that changed. Readers see the previous complete values until the transaction commits.
+
+After a load that changed some months only, ``recompute(months=...)`` re-aggregates just
+those months from the facts and reads the other months' measure values from storage.
+
+Work in proportion to what changed: when the last refresh succeeded and no definition
+changed since (``_Trust``: KPI history, targets, measures, fiscal year, budget scenario), the
+stored values are trusted. A recompute then finds the months whose measure values actually
+changed and re-derives, evaluates and writes only what they can reach (``_Reach``): their
+quarter and year, and the periods whose formulas look back at them (``lookback``) or whose
+last-year target does, reading just the stored values those formulas need. A KPI whose
+definition changed is recomputed for every period. A full recompute over unchanged facts
+thus writes nothing and costs little more than its one scan of the facts.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+
+import numpy as np
+import pandas as pd
+from django.conf import settings
+from django.core.exceptions import EmptyResultSet
+from django.db import connection, models, transaction
+
+from finops.models import CurrencyRate, Entity, RefreshRun, Scenario
+from finops.periods import add_months, grain_months, grain_start, month_range
+from kpis.aggregate import financial_totals, operational_totals
+from kpis.formula import EvalContext, Formula, evaluate, evaluation_order, lookback, parse
+from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, Target
+from kpis.status import Thresholds, status_for, variance
+
+log = logging.getLogger(__name__)
+
+GRAINS = ("month", "quarter", "year")
+STEP = {"month": 1, "quarter": 3, "year": 12}
+ADDITIVE_UNITS = {"currency", "count"}
+VALUE_PLACES = Decimal("0.000001")
+BATCH = 5000
+BUDGET_REASON = "Budget values are targets themselves."
+
+# (measure_id, scenario_id, entity_id, grain, period) -> (value or None, note)
+MeasureKey = tuple[int, int, int, str, date]
+KPIKey = tuple[int, int, int, str, date]
+Values = dict[MeasureKey, tuple[Decimal | None, str]]
+
+
+@dataclass
+class EngineResult:
+    measure_values: int = 0
+    kpi_values: int = 0
+    kpi_inserted: int = 0
+    kpi_updated: int = 0
+    kpi_deleted: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Tree:
+    entities: dict[int, Entity]
+    subtree: dict[int, list[int]]  # node -> every entity in its subtree, itself included
+
+
+@dataclass
+class _Book:
+    """The definitions a recompute works from, read once."""
+
+    measures: list[Measure]
+    kpis: list[KPI]
+    formulas: dict[str, Formula]
+    order: list[str]  # KPI codes, each after the KPIs its formula uses
+    fiscal_start: int
+
+    @classmethod
+    def load(cls) -> _Book:
+        measures = list(Measure.objects.prefetch_related("accounts"))
+        kpis = list(KPI.objects.filter(is_active=True))
+        formulas = {kpi.code: _parse(kpi.formula) for kpi in kpis}
+        order = [code for code in evaluation_order(formulas) if code in formulas]
+        return cls(measures, kpis, formulas, order, settings.FISCAL_YEAR_START_MONTH)
+
+    @property
+    def by_code(self) -> dict[str, KPI]:
+        return {kpi.code: kpi for kpi in self.kpis}
+
+    @property
+    def behaviour_of(self) -> dict[int, str]:
+        return {m.pk: m.time_behaviour for m in self.measures}
+
+    @property
+    def behaviours(self) -> dict[str, str]:
+        return {m.code: m.time_behaviour for m in self.measures}
+
+    @property
+    def fixed_scenario(self) -> dict[str, int]:
+        """Measures that always read one scenario (a budget measure), by code."""
+        return {m.code: m.scenario_id for m in self.measures if m.scenario_id}
+
+    def context(self, grain: str, missing: dict | None = None) -> EvalContext:
+        return EvalContext(
+            grain=grain,
+            fiscal_year_start_month=self.fiscal_start,
+            behaviours=self.behaviours,
+            definitions=self.formulas,
+            missing_columns=missing or {},
+        )
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Formula:
+    """Formulas are immutable: a worker parses each text once."""
+    return parse(text)
+
+
+def recompute(*, run: RefreshRun | None = None, months: Iterable[date] | None = None) -> EngineResult:
+    """Recompute measure and KPI values; ``months`` limits the fact aggregation to those months.
+
+    The result is what recomputing everything from the facts gives; what is written is only
+    what differs from the stored values (see the module docstring for what is skipped when).
+    """
+    result = EngineResult()
+    clock = time.monotonic()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        result.seconds[step] = round(now - clock, 3)
+        clock = now
+
+    changed = sorted(set(months)) if months is not None else None
+    book = _Book.load()
+    tree = _entity_tree()
+
+    if changed == []:  # no fact changed: measure values come from storage
+        leaf_totals = {}
+    else:
+        leaf_totals = financial_totals(book.measures, changed) | operational_totals(book.measures, changed)
+    lap("aggregate")
+    monthly = _roll_up_entities(leaf_totals, book.measures, tree, _rates())
+    trust = _Trust.find(book, run)
+    if trust is not None:
+        _recompute_changes(monthly, changed, book, trust, run, result, lap)
+        log.info("recompute: %s", result)
+        return result
+    if changed is not None:
+        monthly = _merge_stored_months(monthly, changed)
+    values = _derive_grains(monthly, book.behaviour_of, book.fiscal_start)
+    lap("measures")
+
+    kpi_values = _evaluate_kpis(values, book)
+    lap("formulas")
+    _attach_targets(kpi_values, book.kpis, book.fiscal_start)
+    lap("targets")
+
+    with transaction.atomic():
+        result.measure_values = _store_measures(values, run)
+        inserted, updated, deleted = _store_kpis(kpi_values, run)
+    result.kpi_values = len(kpi_values)
+    result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
+    lap("store")
+    log.info("recompute: %s", result)
+    return result
+
+
+def _recompute_changes(
+    fresh: Values,
+    requested: list[date] | None,
+    book: _Book,
+    trust: _Trust,
+    run: RefreshRun | None,
+    result: EngineResult,
+    lap: Callable[[str], None],
+) -> None:
+    """Recompute what the changed months can reach, when the stored values are trusted.
+
+    ``fresh`` holds the month values of the re-aggregated months (every month when
+    ``requested`` is None). The months whose values differ from the stored ones (or that
+    enter or leave a scenario's data range) are the changed months; only their quarters and
+    years are re-derived, and each KPI is evaluated and written only for the periods they can
+    reach (``_Reach``), or everywhere for a KPI whose definition changed.
+    """
+    if requested is None:  # every month was re-aggregated: compare them all with storage
+        monthly = fresh
+        stored = _stored_values(["month"])
+        changed = _changed_months(monthly, stored)
+        loaded = _loaded_months(monthly)
+    else:  # the other months are as stored
+        stored = _stored_values(["month"], requested)
+        changed = {key[4] for key, (value, note) in fresh.items() if stored.get(key) != (value, note[:300])}
+        changed.update(key[4] for key in stored.keys() - fresh.keys())
+        others = _month_ranges(excluding=requested)
+        before = _extend_ranges(others, stored)
+        after = _extend_ranges(others, fresh)
+        loaded = {scenario: set(month_range(*bounds)) for scenario, bounds in after.items()}
+        for scenario_id in before.keys() | after.keys():  # months entering or leaving the data range
+            old = set(month_range(*before[scenario_id])) if scenario_id in before else set()
+            changed |= old ^ loaded.get(scenario_id, set())
+        years = {grain_start(month, "year", book.fiscal_start) for month in changed}
+        around = [add_months(year, n) for year in years for n in range(12)]
+        skip = set(requested)
+        monthly = {
+            key: value for key, value in _stored_values(["month"], around).items() if key[4] not in skip
+        }
+        monthly.update(fresh)
+    reach = _Reach(changed, book, trust.dirty)
+    measure_rows = {key: value for key, value in monthly.items() if key[4] in changed}
+    derived = _derive_grains(monthly, book.behaviour_of, book.fiscal_start, reach.measures, loaded)
+    measure_rows.update(derived)
+    lap("measures")
+
+    kpi_rows: dict[KPIKey, _KPIResult] = {}
+    if reach.kpis:  # the stored values the results read, but those just recomputed (or gone)
+        window = reach.window()
+        stored = _stored_needed(reach.needs(book))
+        values = {key: value for key, value in stored.items() if key[4] not in reach.measures[key[3]]}
+        values.update(measure_rows)
+        outlines = _outlines(_Shape.of(monthly, changed, requested), window, reach, measure_rows, book)
+        kpi_values = _evaluate_kpis(values, book, wanted=reach.evaluated, outlines=outlines)
+        lap("formulas")
+        _attach_targets(kpi_values, book.kpis, book.fiscal_start)
+        kpi_rows = {key: value for key, value in kpi_values.items() if reach.writes(key)}
+        lap("targets")
+
+    with transaction.atomic():
+        result.measure_values = _store_measures(measure_rows, run, scope=reach.measure_scope())
+        inserted, updated, deleted = _store_kpis(kpi_rows, run, scope=reach.kpi_scope())
+        if trust.inactive:  # values of KPIs no longer active
+            deleted += KPIValue.objects.filter(kpi_id__in=sorted(trust.inactive)).delete()[0]
+    result.kpi_values = len(kpi_rows)
+    result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
+    lap("store")
+
+
+# --- entities and currencies -------------------------------------------------------------
+
+
+def _entity_tree() -> _Tree:
+    entities = {e.pk: e for e in Entity.objects.all()}
+    children: dict[int | None, list[int]] = defaultdict(list)
+    for entity in entities.values():
+        children[entity.parent_id].append(entity.pk)
+    subtree: dict[int, list[int]] = {}
+    for pk in entities:
+        stack, found = [pk], []
+        while stack:
+            node = stack.pop()
+            if node in found:
+                continue
+            found.append(node)
+            stack.extend(children.get(node, []))
+        subtree[pk] = found
+    return _Tree(entities, subtree)
+
+
+def _rates() -> dict[tuple[str, date], tuple[Decimal, Decimal]]:
+    """(currency, month) -> (average rate, end rate): value of one unit in the group currency."""
+    return {
+        (currency, period): (avg, end)
+        for currency, period, avg, end in CurrencyRate.objects.values_list(
+            "currency", "period", "average_rate", "end_rate"
+        )
+    }
+
+
+def _roll_up_entities(
+    leaf: dict[tuple[int, int, int, date], Decimal],
+    measures: list[Measure],
+    tree: _Tree,
+    rates: dict[tuple[str, date], tuple[Decimal, Decimal]],
+) -> Values:
+    """Month values for every entity node: the sum over its subtree, in the node's currency."""
+    by_measure = {m.pk: m for m in measures}
+    own: dict[tuple[int, int, date], dict[int, Decimal]] = defaultdict(dict)
+    for (measure_id, scenario_id, entity_id, period), amount in leaf.items():
+        own[(measure_id, scenario_id, period)][entity_id] = amount
+    out: Values = {}
+    for (measure_id, scenario_id, period), amounts in own.items():
+        measure = by_measure[measure_id]
+        money = measure.kind == Measure.Kind.ACCOUNT and measure.unit == "currency"
+        for node_id, members in tree.subtree.items():
+            if len(members) == 1:  # an entity without children: its own amount, in its currency
+                amount = amounts.get(node_id)
+                if amount is not None:
+                    value = (amount * measure.multiplier).quantize(VALUE_PLACES)
+                    out[(measure_id, scenario_id, node_id, "month", period)] = (value, "")
+                continue
+            present = [e for e in members if e in amounts]
+            if not present:
+                continue
+            node_currency = tree.entities[node_id].currency
+            total, note = Decimal(0), ""
+            for entity_id in present:
+                amount = amounts[entity_id] * measure.multiplier
+                currency = tree.entities[entity_id].currency
+                if money and currency != node_currency:
+                    factor = _conversion(currency, node_currency, period, measure.time_behaviour, rates)
+                    if factor is None:
+                        total, note = None, f"no {currency} to {node_currency} rate for {period:%b %Y}"
+                        break
+                    amount *= factor
+                total += amount
+            out[(measure_id, scenario_id, node_id, "month", period)] = (
+                total.quantize(VALUE_PLACES) if total is not None else None,
+                note,
+            )
+    return out
+
+
+def _conversion(
+    source: str,
+    target: str,
+    period: date,
+    behaviour: str,
+    rates: dict[tuple[str, date], tuple[Decimal, Decimal]],
+) -> Decimal | None:
+    pick = 0 if behaviour == "flow" else 1  # average rate for flows, end-of-period for balances
+    group = settings.GROUP_CURRENCY
+    source_rate = Decimal(1) if source == group else (rates.get((source, period)) or (None, None))[pick]
+    target_rate = Decimal(1) if target == group else (rates.get((target, period)) or (None, None))[pick]
+    if source_rate is None or target_rate is None or target_rate == 0:
+        return None
+    return source_rate / target_rate
+
+
+def _merge_stored_months(fresh: Values, changed: list[date]) -> Values:
+    """Stored month values for the months not re-aggregated, plus the fresh ones."""
+    merged: Values = {}
+    stored = (
+        MeasureValue.objects.filter(grain="month")
+        .exclude(period__in=changed)
+        .values_list("measure_id", "scenario_id", "entity_id", "period", "value", "note")
+    )
+    for measure_id, scenario_id, entity_id, period, value, note in stored.iterator(chunk_size=BATCH):
+        merged[(measure_id, scenario_id, entity_id, "month", period)] = (value, note)
+    merged.update(fresh)
+    return merged
+
+
+# --- what changed -------------------------------------------------------------------------
+
+# How long before the previous run's start a definition change still counts as made after
+# it: a change saved just before the run started may have been committed after the run read
+# the definitions (and clocks of different servers differ a little).
+TRUST_MARGIN = timedelta(minutes=1)
+
+
+@dataclass
+class _Trust:
+    """Stored values that are known to follow the current definitions, but for ``dirty`` KPIs."""
+
+    dirty: set[int]  # KPIs to evaluate and write for every period
+    inactive: set[int]  # KPIs with stored values that are no longer active
+
+    @classmethod
+    def find(cls, book: _Book, run: RefreshRun | None) -> _Trust | None:
+        """Trust what the last refresh stored, when it succeeded and no measure, fiscal year or
+        budget scenario changed since; a KPI whose definition or targets changed since, or whose
+        stored values do not match its formula version, is dirty (and so is every KPI that
+        uses it). Definitions change through the services, which record each KPI change."""
+        previous = (
+            RefreshRun.objects.exclude(finished_at=None)
+            .exclude(pk=run.pk if run is not None else None)
+            .order_by("-finished_at")
+            .first()
+        )
+        if previous is None or previous.status != RefreshRun.Status.SUCCEEDED:
+            return None
+        since = previous.started_at - TRUST_MARGIN
+        if Measure.objects.filter(updated_at__gte=since).exists():
+            return None
+        if MeasureValue.objects.filter(grain="year").exclude(period__month=book.fiscal_start).exists():
+            return None
+        stored = (
+            KPIValue.objects.values("kpi_id", "scenario_id", "formula_version")
+            .annotate(
+                typed=models.Count("pk", filter=models.Q(target_origin="typed")),
+                budget=models.Count("pk", filter=models.Q(status_reason=BUDGET_REASON)),
+            )
+            .order_by()
+        )
+        budgets = set(Scenario.objects.filter(kind=Scenario.Kind.BUDGET).values_list("pk", flat=True))
+        versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
+        dirty = set(KPIChange.objects.filter(changed_at__gte=since).values_list("kpi_id", flat=True))
+        dirty |= set(Target.objects.values_list("kpi_id", flat=True))
+        # A formula naming a measure or KPI that is gone (deleted, deactivated) reads nothing now.
+        known = {m.code for m in book.measures} | set(book.formulas)
+        dirty |= {kpi.pk for kpi in book.kpis if book.formulas[kpi.code].names - known}
+        seen: set[int] = set()
+        budget_seen: set[int] = set()
+        for row in stored:
+            seen.add(row["kpi_id"])
+            if row["budget"]:
+                budget_seen.add(row["scenario_id"])
+            if row["typed"] or versions.get(row["kpi_id"], row["formula_version"]) != row["formula_version"]:
+                dirty.add(row["kpi_id"])
+        if seen and budget_seen != budgets:
+            return None  # a scenario became (or stopped being) the budget
+        dirty |= set(versions) - seen
+        return cls(_with_users(dirty, book), seen - set(versions))
+
+
+def _reads(book: _Book) -> dict[str, set[str]]:
+    """The measures each KPI reads, directly or through the KPIs it uses."""
+    measures = {m.code for m in book.measures}
+    out: dict[str, set[str]] = {}
+    for code in book.order:  # each KPI comes after the KPIs it uses
+        names = book.formulas[code].names
+        out[code] = (names & measures).union(*(out[name] for name in names if name in out))
+    return out
+
+
+def _with_users(dirty: set[int], book: _Book) -> set[int]:
+    """The KPIs and every KPI whose formula uses one of them, directly or not."""
+    code_of = {kpi.pk: kpi.code for kpi in book.kpis}
+    codes = {code_of[pk] for pk in dirty if pk in code_of}
+    for code in book.order:  # each KPI comes after the KPIs it uses
+        if book.formulas[code].names & codes:
+            codes.add(code)
+    return dirty | {kpi.pk for kpi in book.kpis if kpi.code in codes}
+
+
+def _changed_months(monthly: Values, stored: Values) -> set[date]:
+    """Months whose values differ from the stored ones, and months that enter or leave a
+    scenario's data range (they change which quarters and years are partial)."""
+    changed = {key[4] for key, (value, note) in monthly.items() if stored.get(key) != (value, note[:300])}
+    changed.update(key[4] for key in stored.keys() - monthly.keys())
+    before, after = _loaded_months(stored), _loaded_months(monthly)
+    for scenario_id in before.keys() | after.keys():
+        changed |= before.get(scenario_id, set()) ^ after.get(scenario_id, set())
+    return changed
+
+
+class _Reach:
+    """The periods that changed months can reach, per grain and per KPI.
+
+    A month changes its own month, quarter and year measure values. A KPI value at period p
+    reads periods p - lookback .. p, so a changed period q reaches q .. q + lookback; a KPI
+    whose target is last year's value plus N % reaches a year further.
+    """
+
+    def __init__(self, changed: set[date], book: _Book, dirty: set[int]) -> None:
+        self.measures: dict[str, set[date]] = {
+            grain: {grain_start(month, grain, book.fiscal_start) for month in changed} for grain in GRAINS
+        }
+        self.dirty = dirty
+        self.kpis: dict[tuple[int, str], set[date] | None] = {}  # None: every period
+        self.helpers: dict[tuple[int, str], set[date]] = {}  # a year before, for last-year targets
+        self.lookbacks: dict[tuple[int, str], int] = {}
+        for kpi in book.kpis:
+            for grain in GRAINS:
+                if kpi.pk in dirty:
+                    self.kpis[(kpi.pk, grain)] = None
+                    continue
+                if not self.measures[grain]:
+                    continue
+                step = STEP[grain]
+                reach = self.lookbacks[(kpi.pk, grain)] = lookback(
+                    book.formulas[kpi.code], book.context(grain)
+                )
+                periods = {
+                    add_months(start, n * step) for start in self.measures[grain] for n in range(reach + 1)
+                }
+                if kpi.target_rule == KPI.TargetRule.LAST_YEAR_PLUS:
+                    periods |= {add_months(period, 12) for period in periods}
+                    self.helpers[(kpi.pk, grain)] = {add_months(period, -12) for period in periods}
+                self.kpis[(kpi.pk, grain)] = periods
+
+    def evaluated(self, kpi_id: int, grain: str) -> set[date] | None:
+        """Periods whose results are needed (to write, or as last year's value); None: all."""
+        if (kpi_id, grain) not in self.kpis:
+            return set()
+        periods = self.kpis[(kpi_id, grain)]
+        return None if periods is None else periods | self.helpers.get((kpi_id, grain), set())
+
+    def window(self) -> dict[str, tuple[date, date] | None]:
+        """Per grain, the periods the needed results read (None: all of them)."""
+        out: dict[str, tuple[date, date] | None] = {}
+        for grain in GRAINS:
+            bounds: list[date] = []
+            for kpi_id, kpi_grain in self.kpis:
+                if kpi_grain != grain:
+                    continue
+                periods = self.evaluated(kpi_id, grain)
+                if periods is None:
+                    out[grain] = None
+                    break
+                reach = self.lookbacks[(kpi_id, grain)] * STEP[grain]
+                bounds += [add_months(min(periods), -reach), max(periods)]
+            else:
+                if bounds:
+                    out[grain] = (min(bounds), max(bounds))
+        return out
+
+    def needs(self, book: _Book) -> dict[str, dict[int, tuple[date, date] | None]]:
+        """Per grain, the periods of each measure that the needed results read (None: all)."""
+        reads = _reads(book)
+        code_of = {kpi.pk: kpi.code for kpi in book.kpis}
+        measure_id = {m.code: m.pk for m in book.measures}
+        out: dict[str, dict[int, tuple[date, date] | None]] = {grain: {} for grain in GRAINS}
+        for (kpi_id, grain), _periods in self.kpis.items():
+            periods = self.evaluated(kpi_id, grain)
+            if periods is not None and not periods:
+                continue
+            bounds = None
+            if periods is not None:
+                back = self.lookbacks[(kpi_id, grain)] * STEP[grain]
+                bounds = (add_months(min(periods), -back), max(periods))
+            for code in reads[code_of[kpi_id]]:
+                pk = measure_id[code]
+                if pk not in out[grain]:
+                    out[grain][pk] = bounds
+                elif out[grain][pk] is not None:
+                    old = out[grain][pk]
+                    out[grain][pk] = (
+                        None if bounds is None else (min(old[0], bounds[0]), max(old[1], bounds[1]))
+                    )
+        return out
+
+    def writes(self, key: KPIKey) -> bool:
+        kpi_id, _scenario, _entity, grain, period = key
+        periods = self.kpis.get((kpi_id, grain), set())
+        return periods is None or period in periods
+
+    def measure_scope(self) -> _Scope:
+        keys = {(grain, period) for grain, periods in self.measures.items() for period in periods}
+        return _Scope(("grain", "period"), keys)
+
+    def kpi_scope(self) -> _Scope:
+        keys = {
+            (kpi_id, grain, period)
+            for (kpi_id, grain), periods in self.kpis.items()
+            if periods is not None
+            for period in periods
+        }
+        return _Scope(("kpi_id", "grain", "period"), keys, set(self.dirty))
+
+
+def _stored_values(grains: Iterable[str], periods: Iterable[date] | None = None) -> Values:
+    """Stored measure values of these grains (and periods)."""
+    query = MeasureValue.objects.filter(grain__in=list(grains))
+    if periods is not None:
+        query = query.filter(period__in=sorted(set(periods)))
+    return _rows(query)
+
+
+def _rows(query: models.QuerySet) -> Values:
+    query = query.values_list("measure_id", "scenario_id", "entity_id", "grain", "period", "value", "note")
+    if connection.vendor == "postgresql":  # the same rows without the ORM's per-row work
+        try:
+            sql, params = query.query.sql_with_params()
+        except EmptyResultSet:
+            return {}
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+    else:
+        rows = query
+    return {(m, s, e, g, p): (value, note) for m, s, e, g, p, value, note in rows}
+
+
+def _stored_needed(needs: dict[str, dict[int, tuple[date, date] | None]]) -> Values:
+    """Stored values of each grain and measure, within their periods (None: all)."""
+    grouped: dict[tuple[str, tuple[date, date] | None], list[int]] = defaultdict(list)
+    for grain, measures in needs.items():
+        for measure_id, bounds in measures.items():
+            grouped[(grain, bounds)].append(measure_id)
+    found = models.Q(pk__in=[])
+    for (grain, bounds), measure_ids in grouped.items():
+        where = models.Q(grain=grain, measure_id__in=sorted(measure_ids))
+        found |= where if bounds is None else where & models.Q(period__range=bounds)
+    return _rows(MeasureValue.objects.filter(found))
+
+
+def _outlines(
+    shape: _Shape,
+    window: dict[str, tuple[date, date] | None],
+    reach: _Reach,
+    recomputed: Values,
+    book: _Book,
+) -> dict[str, _Outline]:
+    """The outline of each grain's series, cut to the window: from the stored periods with
+    data, but those just recomputed, which come from ``recomputed``."""
+    code_of = {m.pk: m.code for m in book.measures}
+    found = models.Q(pk__in=[])
+    for grain, bounds in window.items():
+        found |= models.Q(grain=grain) if bounds is None else models.Q(grain=grain, period__range=bounds)
+    partial = models.Case(models.When(note__startswith="partial", then=1), default=0)
+    stored = (
+        MeasureValue.objects.filter(found)
+        .values_list("scenario_id", "entity_id", "grain", "period")
+        .annotate(partial=models.Max(partial))
+        .order_by()
+    )
+    periods: dict[str, dict[tuple[int, int, int], bool]] = {grain: {} for grain in window}
+    for scenario_id, entity_id, grain, period, is_partial in stored:
+        if period not in reach.measures[grain]:
+            periods[grain][(scenario_id, entity_id, _month_number(period))] = bool(is_partial)
+    for (_measure, scenario_id, entity_id, grain, period), (_value, note) in recomputed.items():
+        if grain in periods:
+            key = (scenario_id, entity_id, _month_number(period))
+            periods[grain][key] = periods[grain].get(key, False) or note.startswith("partial")
+    outlines = {}
+    for grain, bounds in window.items():
+        low, high = (date.min, date.max) if bounds is None else bounds
+        series = {
+            key: (
+                {code_of[pk] for pk in shape.codes[key]},
+                _month_number(max(grain_start(first, grain, book.fiscal_start), low)),
+                _month_number(min(grain_start(last, grain, book.fiscal_start), high)),
+            )
+            for key, (first, last) in shape.months.items()
+        }
+        outlines[grain] = _Outline(series, periods[grain])
+    return outlines
+
+
+@dataclass
+class _Shape:
+    """Each (scenario, entity) series as a whole: its measure codes and its first and last
+    month. A frame that holds a window of periods only still reads a measure the series has
+    (but not in the window) as a column without values, and a series' history as starting
+    where its data start."""
+
+    codes: dict[tuple[int, int], set[int]]  # measure ids
+    months: dict[tuple[int, int], tuple[date, date]]
+
+    @classmethod
+    def of(cls, monthly: Values, changed: set[date], requested: list[date] | None) -> _Shape:
+        codes: dict[tuple[int, int], set[int]] = defaultdict(set)
+        months: dict[tuple[int, int], tuple[date, date]] = {}
+
+        def add(measure_id: int, series: tuple[int, int], first: date, last: date) -> None:
+            codes[series].add(measure_id)
+            old = months.get(series, (first, last))
+            months[series] = (min(old[0], first), max(old[1], last))
+
+        if requested is None:  # ``monthly`` has every month
+            rows = [(m, s, e, p, p) for m, s, e, _g, p in monthly]
+        else:
+            rows = list(
+                MeasureValue.objects.filter(grain="month")
+                .exclude(period__in=sorted(changed))
+                .values_list("measure_id", "scenario_id", "entity_id")
+                .annotate(first=models.Min("period"), last=models.Max("period"))
+                .order_by()
+            )
+            rows += [(m, s, e, p, p) for m, s, e, _g, p in monthly if p in changed]
+        for measure_id, scenario_id, entity_id, first, last in rows:
+            add(measure_id, (scenario_id, entity_id), first, last)
+        return cls(dict(codes), months)
+
+
+def _month_ranges(*, excluding: list[date]) -> dict[int, tuple[date, date]]:
+    """First and last month with a stored value, per scenario, leaving out some months."""
+    rows = (
+        MeasureValue.objects.filter(grain="month")
+        .exclude(period__in=excluding)
+        .values_list("scenario_id")
+        .annotate(first=models.Min("period"), last=models.Max("period"))
+        .order_by()
+    )
+    return {scenario_id: (first, last) for scenario_id, first, last in rows}
+
+
+def _extend_ranges(ranges: dict[int, tuple[date, date]], values: Values) -> dict[int, tuple[date, date]]:
+    out = dict(ranges)
+    for scenario_id, period in {(key[1], key[4]) for key in values}:
+        first, last = out.get(scenario_id, (period, period))
+        out[scenario_id] = (min(first, period), max(last, period))
+    return out
+
+
+# --- grains -------------------------------------------------------------------------------
+
+
+def _derive_grains(
+    monthly: Values,
+    behaviour: dict[int, str],
+    fiscal_start: int,
+    only: dict[str, set[date]] | None = None,
+    loaded: dict[int, set[date]] | None = None,
+) -> Values:
+    """Quarter and year values from the months: flows sum, balances take the last month.
+
+    A quarter or year with months missing from its scenario's data range is marked partial
+    in the note; a balance then takes the last month that has data. With ``only``, just those
+    quarters and years, and not the months (``monthly`` then needs only their months, and
+    ``loaded`` says each scenario's data range).
+    """
+    loaded = _loaded_months(monthly) if loaded is None else loaded
+    values = dict(monthly) if only is None else {}
+    starts: dict[date, list[tuple[str, date]]] = {}  # month -> the quarters and years it goes into
+    for period in {key[4] for key in monthly}:
+        into = [(grain, grain_start(period, grain, fiscal_start)) for grain in ("quarter", "year")]
+        starts[period] = [(grain, start) for grain, start in into if only is None or start in only[grain]]
+    groups: dict[tuple[int, int, int, str, date], list[tuple[date, Decimal | None, str]]] = defaultdict(list)
+    for (measure_id, scenario_id, entity_id, _grain, period), (value, note) in monthly.items():
+        for grain, start in starts[period]:
+            groups[(measure_id, scenario_id, entity_id, grain, start)].append((period, value, note))
+    for key, months in groups.items():
+        measure_id, scenario_id, _entity_id, grain, start = key
+        months.sort()
+        expected = grain_months(start, grain)
+        have = [m for m in expected if m in loaded.get(scenario_id, set())]
+        notes = [note for _, _, note in months if note]
+        if any(value is None for _, value, _ in months):
+            values[key] = (None, notes[0] if notes else "an input month has no value")
+            continue
+        if behaviour.get(measure_id) == "balance":
+            value = months[-1][1]
+        else:
+            value = sum((v for _, v, _ in months), Decimal(0))
+        note = f"partial: {len(have)} of {len(expected)} months loaded" if len(have) < len(expected) else ""
+        values[key] = (value, note)
+    return values
+
+
+def _loaded_months(monthly: Values) -> dict[int, set[date]]:
+    """Months inside each scenario's data range (first to last month with any value)."""
+    seen: dict[int, set[date]] = defaultdict(set)
+    for scenario_id, period in {(key[1], key[4]) for key in monthly}:
+        seen[scenario_id].add(period)
+    return {scenario: set(month_range(min(months), max(months))) for scenario, months in seen.items()}
+
+
+# --- formulas -----------------------------------------------------------------------------
+
+
+@dataclass
+class _KPIResult:
+    value: float | None
+    reason: str
+    inputs: dict[str, float | None]
+    partial: bool
+    target: float | None = None
+    target_origin: str = ""
+    status: str = "none"
+    status_reason: str = ""
+
+
+@dataclass
+class _Frame:
+    """One grain's measure values, every (scenario, entity) series stacked: the evaluator's input.
+
+    Each series runs from its first to its last period with data, gaps included; ``own`` marks
+    the rows of periods it has data for (only they get KPI values).
+    """
+
+    frame: pd.DataFrame  # index (scenario, entity, period start); a column per measure code
+    scenario: np.ndarray  # of each row
+    entity: np.ndarray
+    month: np.ndarray  # period start as year * 12 + month - 1
+    own: np.ndarray
+    partial: np.ndarray  # rows whose period is not fully loaded
+    missing: dict[tuple[int, int], frozenset[str]]  # measure codes a series does not have
+
+    def period(self, row: int) -> date:
+        month = int(self.month[row])
+        return date(month // 12, month % 12 + 1, 1)
+
+
+@dataclass
+class _Outline:
+    """One grain's series as a whole, for a frame that holds only some of their values: each
+    series' measure codes, first and last period (cut to the window), and its periods with
+    data (True when partial). A measure a series has, but not in the window, is still one of
+    its columns; its history starts where its data start (or at the window)."""
+
+    series: dict[tuple[int, int], tuple[set[str], int, int]]  # codes, first and last month number
+    periods: dict[tuple[int, int, int], bool]  # (scenario, entity, month number) -> partial
+
+
+def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = None) -> dict[str, _Frame]:
+    """The frame of each grain. A measure that always reads one scenario (a budget measure)
+    takes that scenario's values in every series, and every series has it."""
+    code_of = {m.pk: m.code for m in book.measures}
+    count = len(values)
+    keys = list(values)
+    month_of = {period: _month_number(period) for period in {key[4] for key in keys}}
+    measure = np.fromiter((key[0] for key in keys), np.int64, count)
+    scenario = np.fromiter((key[1] for key in keys), np.int64, count)
+    entity = np.fromiter((key[2] for key in keys), np.int64, count)
+    grain = np.array([key[3] for key in keys], dtype=object)
+    month = np.fromiter((month_of[key[4]] for key in keys), np.int64, count)
+    numbers = np.fromiter(
+        (math.nan if value is None else float(value) for value, _ in values.values()), np.float64, count
+    )
+    partial = np.fromiter((note.startswith("partial") for _, note in values.values()), bool, count)
+    frames = {}
+    for name in GRAINS:
+        chosen = grain == name
+        if outlines is not None and name not in outlines:
+            continue  # no result is needed at this grain
+        outline = outlines.get(name) if outlines is not None else None
+        if outline is None and not chosen.any():
+            continue
+        if outline is None:
+            outline = _outline_of(
+                [code_of[pk] for pk in measure[chosen]],
+                scenario[chosen],
+                entity[chosen],
+                month[chosen],
+                partial[chosen],
+            )
+        if outline.series:
+            frames[name] = _stack(
+                [code_of[pk] for pk in measure[chosen]],
+                scenario[chosen],
+                entity[chosen],
+                month[chosen],
+                numbers[chosen],
+                STEP[name],
+                book.fixed_scenario,
+                outline,
+            )
+    return frames
+
+
+def _month_number(period: date) -> int:
+    return period.year * 12 + period.month - 1
+
+
+def _outline_of(
+    codes: list[str], scenario: np.ndarray, entity: np.ndarray, month: np.ndarray, partial: np.ndarray
+) -> _Outline:
+    """The outline of series whose values are all there."""
+    periods: dict[tuple[int, int, int], bool] = {}
+    series: dict[tuple[int, int], tuple[set[str], int, int]] = {}
+    for code, *key, is_partial in zip(
+        codes, scenario.tolist(), entity.tolist(), month.tolist(), partial.tolist(), strict=True
+    ):
+        key = tuple(key)
+        periods[key] = periods.get(key, False) or is_partial
+        has, first, last = series.get(key[:2], (set(), key[2], key[2]))
+        has.add(code)
+        series[key[:2]] = (has, min(first, key[2]), max(last, key[2]))
+    return _Outline(series, periods)
+
+
+def _stack(
+    codes: list[str],
+    scenario: np.ndarray,
+    entity: np.ndarray,
+    month: np.ndarray,
+    numbers: np.ndarray,
+    step: int,
+    fixed: dict[str, int],
+    outline: _Outline,
+) -> _Frame:
+    columns = sorted(
+        {code for has, _, _ in outline.series.values() for code in has} | set(codes) | set(fixed)
+    )
+    pairs = sorted(key for key, (_, first, last) in outline.series.items() if first <= last)
+    first = np.array([outline.series[pair][1] for pair in pairs], dtype=np.int64)
+    last = np.array([outline.series[pair][2] for pair in pairs], dtype=np.int64)
+    sizes = (last - first) // step + 1
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    rows = int(offsets[-1])
+    row_bucket = np.repeat(np.arange(len(pairs)), sizes)
+    row_month = first[row_bucket] + step * (np.arange(rows) - offsets[row_bucket])
+    row_scenario = np.array([pair[0] for pair in pairs], dtype=np.int64)[row_bucket]
+    row_entity = np.array([pair[1] for pair in pairs], dtype=np.int64)[row_bucket]
+    row_of = {
+        (s, e, m): r
+        for r, (s, e, m) in enumerate(
+            zip(row_scenario.tolist(), row_entity.tolist(), row_month.tolist(), strict=True)
+        )
+    }
+    own = np.zeros(rows, dtype=bool)
+    partial_rows = np.zeros(rows, dtype=bool)
+    for key, is_partial in outline.periods.items():
+        row = row_of.get(key)
+        if row is not None:
+            own[row], partial_rows[row] = True, is_partial
+    data = np.full((rows, len(columns)), np.nan)
+    column_of = {code: j for j, code in enumerate(columns)}
+    for code, s_id, e_id, m, number in zip(
+        codes, scenario.tolist(), entity.tolist(), month.tolist(), numbers.tolist(), strict=True
+    ):
+        if code in fixed:
+            continue
+        row = row_of.get((s_id, e_id, m))
+        if row is not None:
+            data[row, column_of[code]] = number
+    for code, source in fixed.items():  # a budget measure: the budget scenario's value of the month
+        lookup = {
+            (e_id, m): number
+            for c, s_id, e_id, m, number in zip(
+                codes, scenario.tolist(), entity.tolist(), month.tolist(), numbers.tolist(), strict=True
+            )
+            if c == code and s_id == source
+        }
+        if lookup:
+            j = column_of[code]
+            for row, key in enumerate(zip(row_entity.tolist(), row_month.tolist(), strict=True)):
+                if key in lookup:
+                    data[row, j] = lookup[key]
+    missing = {}
+    for pair in pairs:
+        lacking = frozenset(columns) - outline.series[pair][0] - set(fixed)
+        if lacking:
+            missing[pair] = lacking
+    starts = (row_month - 1970 * 12).astype("datetime64[M]").astype("datetime64[ns]")
+    index = pd.MultiIndex.from_arrays([row_scenario, row_entity, pd.DatetimeIndex(starts)])
+    frame = pd.DataFrame(data, index=index, columns=columns)
+    return _Frame(frame, row_scenario, row_entity, row_month, own, partial_rows, missing)
+
+
+def _evaluate_kpis(
+    values: Values,
+    book: _Book,
+    wanted: Callable[[int, str], set[date] | None] | None = None,
+    outlines: dict[str, _Outline] | None = None,
+) -> dict[KPIKey, _KPIResult]:
+    """Every KPI for every series and period with data; ``wanted(kpi_id, grain)`` can limit
+    the periods that get a result (None: all), and then ``values`` need hold only the values
+    these results read, with the ``outlines`` of the whole series."""
+    by_code = book.by_code
+    out: dict[KPIKey, _KPIResult] = {}
+    for grain, stacked in _frames(values, book, outlines).items():
+        frame = stacked.frame
+        context = book.context(grain, stacked.missing)
+        columns = {name: frame[name].to_numpy() for name in frame.columns}
+        scenarios, entities = stacked.scenario.tolist(), stacked.entity.tolist()
+        for code in book.order:
+            kpi = by_code[code]
+            periods = wanted(kpi.pk, grain) if wanted is not None else None
+            if periods is not None and not periods:
+                rows = np.empty(0, dtype=np.int64)
+            elif periods is None:
+                rows = np.flatnonzero(stacked.own)
+            else:
+                months = [period.year * 12 + period.month - 1 for period in periods]
+                rows = np.flatnonzero(stacked.own & np.isin(stacked.month, months))
+            result = evaluate(book.formulas[code], frame, context=context)
+            numbers = result.values.to_numpy(dtype="float64")  # noqa: PD011 - EvalResult.values is a Series
+            frame[code] = numbers
+            columns[code] = numbers
+            if not len(rows):
+                continue
+            reasons = result.reasons.to_numpy()
+            names = [name for name in sorted(book.formulas[code].names) if name in columns]
+            inputs = [columns[name][rows].tolist() for name in names]
+            for n, i in enumerate(rows.tolist()):
+                scenario_id, entity_id = scenarios[i], entities[i]
+                lacking = stacked.missing.get((scenario_id, entity_id), ())
+                number = numbers[i]
+                value = None if number != number else float(number)  # NaN: empty
+                out[(kpi.pk, scenario_id, entity_id, grain, stacked.period(i))] = _KPIResult(
+                    value=value,
+                    reason=(reasons[i] or "") if value is None else "",
+                    inputs={
+                        name: (None if column[n] != column[n] else column[n])
+                        for name, column in zip(names, inputs, strict=True)
+                        if name not in lacking
+                    },
+                    partial=bool(stacked.partial[i]),
+                )
+    return out
+
+
+# --- targets ------------------------------------------------------------------------------
+
+
+def _attach_targets(results: dict[KPIKey, _KPIResult], kpis: list[KPI], fiscal_start: int) -> None:
+    scenarios = {s.pk: s for s in Scenario.objects.all()}
+    budget_ids = [pk for pk, s in scenarios.items() if s.kind == Scenario.Kind.BUDGET]
+    budget_id = min(budget_ids, key=lambda pk: (scenarios[pk].code != "budget", pk)) if budget_ids else None
+    by_pk = {kpi.pk: kpi for kpi in kpis}
+    typed = _typed_targets(kpis, fiscal_start)
+    thresholds = {kpi.pk: _thresholds(kpi) for kpi in kpis}
+    for key, result in results.items():
+        kpi_id, scenario_id, entity_id, grain, period = key
+        kpi = by_pk[kpi_id]
+        if scenarios[scenario_id].kind == Scenario.Kind.BUDGET:
+            result.status, result.status_reason = "none", BUDGET_REASON
+            continue
+        target, origin = _target_for(kpi, key, typed, results, budget_id)
+        result.target, result.target_origin = target, origin
+        result.status, result.status_reason = status_for(result.value, target, thresholds[kpi_id])
+        if result.partial and result.status != "none":
+            result.status_reason += " Partial period: not all months are loaded yet."
+
+
+def _thresholds(kpi: KPI) -> Thresholds:
+    return Thresholds(
+        direction=kpi.direction,
+        green_tolerance_pct=float(kpi.green_tolerance_pct),
+        amber_tolerance_pct=float(kpi.amber_tolerance_pct),
+        band_low=float(kpi.band_low) if kpi.band_low is not None else None,
+        band_high=float(kpi.band_high) if kpi.band_high is not None else None,
+        unit=kpi.unit,
+        decimals=kpi.decimals,
+    )
+
+
+def _target_for(
+    kpi: KPI,
+    key: KPIKey,
+    typed: dict[tuple[int, int | None, str, date], float],
+    results: dict[KPIKey, _KPIResult],
+    budget_id: int | None,
+) -> tuple[float | None, str]:
+    kpi_id, scenario_id, entity_id, grain, period = key
+    for entity in (entity_id, None):
+        if (kpi_id, entity, grain, period) in typed:
+            return typed[(kpi_id, entity, grain, period)], "typed"
+    if kpi.target_rule == KPI.TargetRule.BUDGET and budget_id is not None:
+        budget = results.get((kpi_id, budget_id, entity_id, grain, period))
+        if budget is not None and budget.value is not None:
+            return budget.value, "budget"
+    if kpi.target_rule == KPI.TargetRule.LAST_YEAR_PLUS and kpi.target_rule_pct is not None:
+        last = results.get((kpi_id, scenario_id, entity_id, grain, add_months(period, -12)))
+        if last is not None and last.value is not None:
+            pct = format(kpi.target_rule_pct.normalize(), "f")
+            return last.value * (1 + float(kpi.target_rule_pct) / 100), f"last year +{pct}%"
+    return None, ""
+
+
+def _typed_targets(kpis: list[KPI], fiscal_start: int) -> dict[tuple[int, int | None, str, date], float]:
+    """Typed and imported targets at their own grain, pro-rated to the others where it means
+    something: an additive KPI (money, counts) sums month targets into quarters and years and
+    splits a year or quarter target over its months by days; any other KPI applies a year or
+    quarter target to each month inside it as it is."""
+    units = {kpi.pk: kpi.unit for kpi in kpis}
+    given: dict[tuple[int, int | None, str, date], float] = {
+        (kpi_id, entity_id, grain, period): float(value)
+        for kpi_id, entity_id, grain, period, value in Target.objects.filter(kpi__in=kpis).values_list(
+            "kpi_id", "entity_id", "grain", "period", "value"
+        )
+    }
+    out = dict(given)
+    for (kpi_id, entity_id, grain, period), value in given.items():
+        additive = units.get(kpi_id) in ADDITIVE_UNITS
+        if grain in ("quarter", "year"):
+            months = grain_months(period, grain)
+            total_days = sum((add_months(m, 1) - m).days for m in months)
+            for month in months:
+                share = value * (add_months(month, 1) - month).days / total_days if additive else value
+                out.setdefault((kpi_id, entity_id, "month", month), share)
+    # Month targets of additive KPIs add up to quarters and years (when every month has one).
+    sums: dict[tuple[int, int | None, str, date], list[float]] = defaultdict(list)
+    for (kpi_id, entity_id, grain, period), value in given.items():
+        if grain == "month" and units.get(kpi_id) in ADDITIVE_UNITS:
+            for coarser in ("quarter", "year"):
+                sums[(kpi_id, entity_id, coarser, grain_start(period, coarser, fiscal_start))].append(value)
+    for key, parts in sums.items():
+        if len(parts) == len(grain_months(key[3], key[2])):
+            out.setdefault(key, sum(parts))
+    return out
+
+
+# --- storage ------------------------------------------------------------------------------
+
+MEASURE_KEY = ("measure_id", "scenario_id", "entity_id", "grain", "period")
+MEASURE_FIELDS = ("value", "note")
+KPI_KEY = ("kpi_id", "scenario_id", "entity_id", "grain", "period")
+KPI_FIELDS = (
+    "value",
+    "empty_reason",
+    "target",
+    "target_origin",
+    "variance",
+    "variance_pct",
+    "status",
+    "status_reason",
+    "formula_version",
+    "inputs",
+    "partial",
+)
+
+
+def _store_measures(values: Values, run: RefreshRun | None, scope: _Scope | None = None) -> int:
+    rows = {key: (value, note[:300]) for key, (value, note) in values.items()}
+    _sync(MeasureValue, MEASURE_KEY, MEASURE_FIELDS, rows, run, scope)
+    return len(rows)
+
+
+def _store_kpis(
+    results: dict[KPIKey, _KPIResult], run: RefreshRun | None, scope: _Scope | None = None
+) -> tuple[int, int, int]:
+    versions = dict(KPI.objects.values_list("pk", "formula_version"))
+    rows = {}
+    for key, result in results.items():
+        diff, diff_pct = variance(result.value, result.target)
+        rows[key] = (
+            _decimal(result.value),
+            result.reason[:300],
+            _decimal(result.target),
+            result.target_origin,
+            _decimal(diff),
+            diff_pct,
+            result.status,
+            result.status_reason[:300],
+            versions[key[0]],
+            {name: (None if v is None else round(v, 6)) for name, v in result.inputs.items()},
+            result.partial,
+        )
+    return _sync(KPIValue, KPI_KEY, KPI_FIELDS, rows, run, scope)
+
+
+@dataclass
+class _Scope:
+    """The stored rows a partial sync answers for: those whose ``fields`` are one of ``keys``,
+    and every row whose first field is in ``whole``. The other rows stay as they are."""
+
+    fields: tuple[str, ...]
+    keys: set[tuple] = field(default_factory=set)
+    whole: set = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys or self.whole)
+
+    def q(self) -> models.Q:
+        found = models.Q(**{f"{self.fields[0]}__in": sorted(self.whole)})
+        for key in self.keys:
+            found |= models.Q(**dict(zip(self.fields, key, strict=True)))
+        return found
+
+
+def _sync(
+    model: type[models.Model],
+    key_fields: tuple[str, ...],
+    fields: tuple[str, ...],
+    rows: dict[tuple, tuple],
+    run: RefreshRun | None,
+    scope: _Scope | None = None,
+) -> tuple[int, int, int]:
+    """Make ``model``'s table hold exactly ``rows`` (natural key -> values in ``fields`` order):
+    insert new keys, update changed ones, delete the rest (within ``scope``, when given).
+    Unchanged rows are not written (they keep their refresh run)."""
+    if scope is not None and not scope and not rows:
+        return 0, 0, 0
+    if connection.vendor == "postgresql":
+        return _sync_postgresql(model, key_fields, fields, rows, run, scope)
+    return _sync_orm(model, key_fields, fields, rows, run, scope)
+
+
+def _sync_orm(
+    model: type[models.Model],
+    key_fields: tuple[str, ...],
+    fields: tuple[str, ...],
+    rows: dict[tuple, tuple],
+    run: RefreshRun | None,
+    scope: _Scope | None,
+) -> tuple[int, int, int]:
+    query = model.objects.all() if scope is None else model.objects.filter(scope.q())
+    stored = {
+        tuple(row[1 : 1 + len(key_fields)]): (row[0], row[1 + len(key_fields) :])
+        for row in query.values_list("id", *key_fields, *fields).iterator(chunk_size=BATCH)
+    }
+    to_insert, to_update = [], []
+    for key, values in rows.items():
+        old = stored.pop(key, None)
+        named = dict(zip(fields, values, strict=True))
+        if old is None:
+            to_insert.append(model(refresh_run=run, **dict(zip(key_fields, key, strict=True)), **named))
+        elif any(_differs(a, b) for a, b in zip(old[1], values, strict=True)):
+            to_update.append(model(id=old[0], refresh_run=run, **named))
+    model.objects.bulk_create(to_insert, batch_size=BATCH)
+    model.objects.bulk_update(to_update, [*fields, "refresh_run"], batch_size=BATCH)
+    stale = [old[0] for old in stored.values()]
+    for start in range(0, len(stale), BATCH):
+        model.objects.filter(id__in=stale[start : start + BATCH]).delete()
+    return len(to_insert), len(to_update), len(stale)
+
+
+def _sync_postgresql(
+    model: type[models.Model],
+    key_fields: tuple[str, ...],
+    fields: tuple[str, ...],
+    rows: dict[tuple, tuple],
+    run: RefreshRun | None,
+    scope: _Scope | None,
+) -> tuple[int, int, int]:
+    """The same with set-based SQL: COPY the rows into a temporary table and let PostgreSQL
+    compare. (A bulk_update's CASE over thousands of ids is slow to plan and to JIT-compile.)"""
+    table = model._meta.db_table
+    stage = f"{table}_stage"
+    columns = ", ".join([*key_fields, *fields])
+    kinds = [model._meta.get_field(name) for name in fields]
+    text_fields = [f.column for f in kinds if isinstance(f, models.CharField | models.TextField)]
+    as_json = [i for i, f in enumerate(kinds) if isinstance(f, models.JSONField)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")  # str() of each value is what COPY reads back
+    if as_json:
+        writer.writerows(
+            (*key, *(json.dumps(v) if i in as_json else v for i, v in enumerate(values)))
+            for key, values in rows.items()
+        )
+    else:
+        writer.writerows((*key, *values) for key, values in rows.items())
+    buffer.seek(0)
+    same_key = " AND ".join(f"t.{name} = s.{name}" for name in key_fields)
+    missing = f"NOT EXISTS (SELECT 1 FROM {stage} s WHERE {same_key})"  # noqa: S608
+    changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
+    run_id = run.pk if run is not None else None
+    force = f", FORCE_NOT_NULL ({', '.join(text_fields)})" if text_fields else ""
+    deleted = 0
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA"  # noqa: S608
+        )
+        cursor.cursor.copy_expert(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv{force})", buffer)
+        # The anti-joins below are cheap as hash joins; a fresh table's estimates could make the
+        # planner pick a nested loop over every pair of rows instead.
+        cursor.execute(
+            "SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)"
+        )
+        nestloop = cursor.fetchone()[0]
+        if scope is None:
+            cursor.execute(f"DELETE FROM {table} t WHERE {missing}")  # noqa: S608
+            deleted += cursor.rowcount
+        else:
+            if scope.whole:
+                cursor.execute(
+                    f"DELETE FROM {table} t WHERE t.{scope.fields[0]} = ANY(%s) AND {missing}",  # noqa: S608
+                    [sorted(scope.whole)],
+                )
+                deleted += cursor.rowcount
+            if scope.keys:
+                types = [model._meta.get_field(name).db_type(connection) for name in scope.fields]
+                arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+                listed = ", ".join(scope.fields)
+                matches = " AND ".join(f"t.{name} = sc.{name}" for name in scope.fields)
+                cursor.execute(
+                    f"DELETE FROM {table} t USING unnest({arrays}) AS sc ({listed}) "  # noqa: S608
+                    f"WHERE {matches} AND {missing}",
+                    [list(column) for column in zip(*scope.keys, strict=True)],
+                )
+                deleted += cursor.rowcount
+        cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [nestloop])
+        # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
+        assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
+        cursor.execute(
+            f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
+            f"SELECT {columns}, %s FROM {stage} "
+            f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
+            f"WHERE {changed} RETURNING xmax = 0",
+            [run_id, run_id],
+        )
+        written = [new for (new,) in cursor.fetchall()]
+        inserted, updated = sum(written), len(written) - sum(written)
+        cursor.execute(f"DROP TABLE {stage}")
+    return inserted, updated, deleted
+
+
+def _changed_sql(model: type[models.Model], name: str, *, new: str) -> str:
+    """SQL true when the stored value (t) differs from the ``new`` one, as ``_differs`` decides."""
+    old, new = f"t.{name}", f"{new}.{name}"
+    if isinstance(model._meta.get_field(name), models.FloatField):
+        return (
+            f"(({old} IS NULL) <> ({new} IS NULL) OR abs({old} - {new}) > "
+            f"greatest(1e-12 * greatest(abs({old}), abs({new})), 1e-12))"
+        )
+    return f"{old} IS DISTINCT FROM {new}"
+
+
+def _decimal(value: float | None) -> Decimal | None:
+    if value is None or math.isnan(value) or math.isinf(value):
+        return None
+    return Decimal(repr(value)).quantize(VALUE_PLACES)
+
+
+def _differs(old, new) -> bool:
+    if old is None or new is None:
+        return (old is None) != (new is None)
+    if isinstance(old, Decimal) or isinstance(new, Decimal):
+        return Decimal(old) != Decimal(new)
+    if isinstance(old, float) or isinstance(new, float):
+        return not math.isclose(old, new, rel_tol=1e-12, abs_tol=1e-12)
+    return old != new

@@ -1,0 +1,50 @@
+"""How a KPI value is written for people: by unit, with thousands separators.
+
+One function, used by every page, export and status reason, so a number reads the same
+everywhere. Percent KPIs are stored as fractions (0.423) and shown as 42.3%.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+UNIT_SUFFIX = {"days": " days", "count": "", "ratio": "", "currency": ""}
+# (from this size, divided by, suffix, decimals), smallest first: 12,345 is 12.3k.
+MONEY_SCALES = ((1e4, 1e3, "k", 1), (1e6, 1e6, "M", 2), (1e9, 1e9, "B", 2))
+
+
+def format_value(value: float | Decimal | None, unit: str, decimals: int = 1, currency: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    number = float(value)
+    if unit == "percent":
+        return f"{number * 100:,.{decimals}f}%"
+    if unit == "currency":
+        text = _compact_money(number, decimals)
+        return f"{currency} {text}".strip() if currency else text
+    if unit == "ratio":
+        return f"{number:,.{max(decimals, 2)}f}"
+    return f"{number:,.{decimals}f}{UNIT_SUFFIX.get(unit, '')}"
+
+
+def _compact_money(number: float, decimals: int) -> str:
+    """Money at a glance: 7.89B / 4.56M / 12.3k; below ten thousand in full with the KPI's
+    decimals (a cost per unit of 79.94)."""
+    size = abs(number)
+    chosen = None
+    for threshold, divisor, suffix, places in MONEY_SCALES:
+        # An amount that would round to 1,000 of the smaller scale (999,960 is 1,000.0k) moves up.
+        if size >= threshold or (chosen and round(size / chosen[1], chosen[3]) >= 1000):
+            chosen = (threshold, divisor, suffix, places)
+    if chosen is None:
+        return f"{number:,.{decimals}f}"
+    _, divisor, suffix, places = chosen
+    return f"{number / divisor:,.{places}f}{suffix}"
+
+
+def format_gap(value: float, unit: str, decimals: int = 1) -> str:
+    """A difference between two values: percentage points for percent KPIs."""
+    if unit == "percent":
+        return f"{value * 100:,.{decimals}f} pts"
+    return format_value(value, unit, decimals)

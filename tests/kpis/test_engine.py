@@ -1,0 +1,285 @@
+"""The engine with numbers worked by hand: grains, flows and balances, the fiscal year,
+currencies, division by zero, targets and statuses, lineage, incremental recompute."""
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from finops.models import CurrencyRate
+from kpis.definitions import import_definitions
+from kpis.engine import recompute
+from kpis.models import KPI, KPIValue, MeasureValue, Target
+
+JAN, FEB, MAR = date(2024, 1, 1), date(2024, 2, 1), date(2024, 3, 1)
+
+
+def value(code: str, period: date, *, grain: str = "month", entity: str = "US", scenario: str = "actual"):
+    return KPIValue.objects.get(
+        kpi__code=code, period=period, grain=grain, entity__code=entity, scenario__code=scenario
+    )
+
+
+def measure(code: str, period: date, *, grain: str = "month", entity: str = "US", scenario: str = "actual"):
+    return MeasureValue.objects.get(
+        measure__code=code, period=period, grain=grain, entity__code=entity, scenario__code=scenario
+    )
+
+
+def define(measures: list[dict], kpis: list[dict]) -> None:
+    import_definitions({"version": 1, "measures": measures, "kpis": kpis})
+
+
+@pytest.fixture
+def sales(book):
+    """Net sales = gross - returns; receivables; DSO and gross margin over Q1 2024."""
+    book.account("4000")
+    book.account("4100", parent="4000")
+    book.account("4200", parent="4000", sign=-1)
+    book.account("5000")
+    book.account("1200", balance=True)
+    book.book(
+        [
+            ("2024-01", "US", "4100", "1000"),
+            ("2024-01", "US", "4200", "100"),
+            ("2024-01", "US", "5000", "540"),
+            ("2024-01", "US", "1200", "300"),
+            ("2024-02", "US", "4100", "500"),
+            ("2024-02", "US", "5000", "250"),
+            ("2024-02", "US", "1200", "400"),
+            ("2024-03", "US", "4100", "1100"),
+            ("2024-03", "US", "4200", "100"),
+            ("2024-03", "US", "5000", "700"),
+            ("2024-03", "US", "1200", "600"),
+            ("2024-01", "US", "4100", "1000", "budget"),
+        ]
+    )
+    define(
+        [
+            {
+                "code": "net_sales",
+                "name": "Net sales",
+                "kind": "account",
+                "account": "4000",
+                "time_behaviour": "flow",
+            },
+            {"code": "cost", "name": "Cost", "kind": "account", "account": "5000", "time_behaviour": "flow"},
+            {
+                "code": "receivables",
+                "name": "AR",
+                "kind": "account",
+                "account": "1200",
+                "time_behaviour": "balance",
+            },
+        ],
+        [
+            {"code": "revenue", "name": "Revenue", "unit": "currency", "formula": "net_sales"},
+            {
+                "code": "dso",
+                "name": "DSO",
+                "unit": "days",
+                "direction": "lower",
+                "formula": "receivables / revenue * days()",
+            },
+            {"code": "gm_pct", "name": "GM %", "unit": "percent", "formula": "(revenue - cost) / revenue"},
+        ],
+    )
+    return book
+
+
+def test_account_subtrees_roll_up_with_their_signs(sales):
+    recompute()
+    assert measure("net_sales", JAN).value == Decimal("900")  # 1000 gross - 100 returns
+    assert measure("net_sales", FEB).value == Decimal("500")
+
+
+def test_a_quarter_is_computed_from_its_own_measures_not_the_mean_of_months(sales):
+    recompute()
+    monthly = [value("dso", m).value for m in (JAN, FEB, MAR)]
+    # 300/900*31 = 10.3333, 400/500*29 = 23.2, 600/1000*31 = 18.6
+    assert [round(v, 4) for v in monthly] == [Decimal("10.3333"), Decimal("23.2000"), Decimal("18.6000")]
+    quarter = value("dso", JAN, grain="quarter").value
+    # quarter-end receivables 600 over quarter revenue 2400, times 91 days (2024 is a leap year)
+    assert quarter == Decimal("22.750000")
+    assert round(sum(monthly) / 3, 4) == Decimal("17.3778")  # what averaging months would wrongly give
+    # gross margin % of the quarter: (2400 - 1490) / 2400
+    assert value("gm_pct", JAN, grain="quarter").value == Decimal("0.379167")
+
+
+def test_flows_sum_and_balances_take_the_last_month(sales):
+    recompute()
+    assert measure("net_sales", JAN, grain="quarter").value == Decimal("2400")
+    assert measure("receivables", JAN, grain="quarter").value == Decimal("600")
+    assert measure("net_sales", JAN, grain="year").value == Decimal("2400")
+    assert measure("receivables", JAN, grain="year").value == Decimal("600")
+    assert "partial: 3 of 12 months" in measure("net_sales", JAN, grain="year").note
+
+
+def test_the_fiscal_year_start_decides_quarters_and_years(book, settings):
+    settings.FISCAL_YEAR_START_MONTH = 7
+    book.account("4000")
+    book.book(
+        [("2024-06", "US", "4000", "10"), ("2024-07", "US", "4000", "20"), ("2024-08", "US", "4000", "5")]
+    )
+    define(
+        [
+            {
+                "code": "net_sales",
+                "name": "Net sales",
+                "kind": "account",
+                "account": "4000",
+                "time_behaviour": "flow",
+            }
+        ],
+        [{"code": "revenue", "name": "Revenue", "unit": "currency", "formula": "net_sales"}],
+    )
+    recompute()
+    # June 2024 closes FY2024 (Jul 2023 - Jun 2024); July starts FY2025 and its first quarter.
+    assert value("revenue", date(2023, 7, 1), grain="year").value == Decimal("10")
+    assert value("revenue", date(2024, 7, 1), grain="year").value == Decimal("25")
+    assert value("revenue", date(2024, 7, 1), grain="quarter").value == Decimal("25")
+    assert value("revenue", date(2024, 4, 1), grain="quarter").value == Decimal("10")
+
+
+def test_division_by_zero_gives_an_empty_value_with_a_reason(sales):
+    sales.book(
+        [("2024-02", "US", "4100", "0"), ("2024-02", "US", "5000", "250"), ("2024-02", "US", "1200", "400")]
+    )
+    recompute()
+    feb = value("dso", FEB)
+    assert feb.value is None
+    assert "division by zero" in feb.empty_reason
+    assert feb.status == "none"
+
+
+def test_entities_roll_up_translating_other_currencies(book):
+    book.account("4000")
+    book.account("1200", balance=True)
+    book.book(
+        [
+            ("2024-01", "US", "4000", "900"),
+            ("2024-01", "EU", "4000", "100"),
+            ("2024-01", "US", "1200", "300"),
+            ("2024-01", "EU", "1200", "50"),
+            ("2024-02", "EU", "4000", "10"),
+        ]
+    )
+    CurrencyRate.objects.create(
+        currency="EUR", period=JAN, average_rate=Decimal("1.10"), end_rate=Decimal("1.20"), source=book.source
+    )
+    define(
+        [
+            {
+                "code": "net_sales",
+                "name": "Net sales",
+                "kind": "account",
+                "account": "4000",
+                "time_behaviour": "flow",
+            },
+            {
+                "code": "receivables",
+                "name": "AR",
+                "kind": "account",
+                "account": "1200",
+                "time_behaviour": "balance",
+            },
+        ],
+        [],
+    )
+    recompute()
+    assert measure("net_sales", JAN, entity="EU").value == Decimal("100")  # in its own currency
+    assert measure("net_sales", JAN, entity="G").value == Decimal("1010")  # 900 + 100 EUR x 1.10 (average)
+    assert measure("receivables", JAN, entity="G").value == Decimal("360")  # 300 + 50 EUR x 1.20 (month end)
+    feb = measure("net_sales", FEB, entity="G")
+    assert feb.value is None and feb.note == "no EUR to USD rate for Feb 2024"
+
+
+def test_the_budget_is_the_target_and_status_follows_direction(sales):
+    recompute()
+    jan = value("revenue", JAN)
+    assert (jan.value, jan.target, jan.target_origin) == (Decimal("900"), Decimal("1000"), "budget")
+    assert jan.variance == Decimal("-100") and jan.variance_pct == pytest.approx(-0.1)
+    assert jan.status == "red"  # 10 % short, amber only up to 5 %
+    assert "10.0%" in jan.status_reason and "below the target" in jan.status_reason
+    assert value("revenue", JAN, scenario="budget").status == "none"
+
+
+def test_a_typed_target_wins_and_a_year_target_is_pro_rated_by_days(sales):
+    kpi = KPI.objects.get(code="revenue")
+    Target.objects.create(kpi=kpi, grain="month", period=FEB, value=Decimal("480"))
+    Target.objects.create(kpi=kpi, grain="year", period=JAN, value=Decimal("3660"))
+    recompute()
+    feb = value("revenue", FEB)
+    assert (feb.target, feb.target_origin, feb.status) == (Decimal("480"), "typed", "green")
+    # the year's 3,660 over 366 days: March gets 31 days' worth = 310
+    assert value("revenue", MAR).target == Decimal("310")
+    assert value("revenue", JAN, grain="year").target == Decimal("3660")
+
+
+def test_last_year_plus_a_percentage(book):
+    book.account("4000")
+    book.book([("2023-01", "US", "4000", "800"), ("2024-01", "US", "4000", "900")])
+    define(
+        [
+            {
+                "code": "net_sales",
+                "name": "Net sales",
+                "kind": "account",
+                "account": "4000",
+                "time_behaviour": "flow",
+            }
+        ],
+        [
+            {
+                "code": "revenue",
+                "name": "Revenue",
+                "unit": "currency",
+                "formula": "net_sales",
+                "target_rule": "last_year_plus",
+                "target_rule_pct": 10,
+            }
+        ],
+    )
+    recompute()
+    jan = value("revenue", JAN)
+    assert (jan.target, jan.status) == (Decimal("880"), "green")
+    assert jan.target_origin == "last year +10%"
+
+
+def test_every_value_knows_its_run_formula_version_and_inputs(sales):
+    from finops.models import RefreshRun
+
+    run = RefreshRun.objects.create(status="succeeded")
+    recompute(run=run)
+    jan = value("dso", JAN)
+    assert jan.inputs == {"receivables": 300.0, "revenue": 900.0}
+    assert jan.formula_version == 1 and jan.refresh_run == run
+
+
+def test_recomputing_one_changed_month_gives_the_same_values_as_a_full_recompute(sales):
+    recompute()
+    sales.book(
+        [("2024-02", "US", "4100", "650"), ("2024-02", "US", "5000", "250"), ("2024-02", "US", "1200", "400")]
+    )
+    result = recompute(months=[FEB])
+    incremental = _snapshot()
+    assert result.kpi_updated > 0
+    KPIValue.objects.all().delete()
+    MeasureValue.objects.all().delete()
+    recompute()
+    assert _snapshot() == incremental
+    assert value("revenue", FEB).value == Decimal("650")
+
+
+def test_recomputing_with_nothing_changed_writes_nothing(sales):
+    recompute()
+    again = recompute(months=[])
+    assert (again.kpi_inserted, again.kpi_updated, again.kpi_deleted) == (0, 0, 0)
+
+
+def _snapshot():
+    return sorted(
+        KPIValue.objects.values_list(
+            "kpi__code", "scenario__code", "entity__code", "grain", "period", "value", "target", "status"
+        )
+    )

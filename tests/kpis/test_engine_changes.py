@@ -1,0 +1,302 @@
+"""Recomputing in proportion to what changed.
+
+After a successful refresh the engine trusts the stored values: it re-derives, evaluates and
+writes only what the changed months can reach. Whatever it skips must be what a full
+recompute from scratch would have stored anyway, to the last field: these tests compare the
+two after every kind of change (facts, formulas, targets, and none).
+"""
+
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from finops.models import FinancialFact, RefreshRun
+from kpis.definitions import import_definitions
+from kpis.engine import EngineResult, recompute
+from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, Target
+from kpis.services import kpi_save
+from tests.kpis.conftest import Book
+
+MONTHS = [date(2023 + (m - 1) // 12, (m - 1) % 12 + 1, 1) for m in range(1, 25)]  # 2023 and 2024
+ACCOUNTS = ("4100", "4200", "5000", "1200", "1900")
+
+MEASURES = [
+    {"code": "net_sales", "name": "n", "kind": "account", "account": "4000", "time_behaviour": "flow"},
+    {"code": "cost", "name": "c", "kind": "account", "account": "5000", "time_behaviour": "flow"},
+    {"code": "receivables", "name": "r", "kind": "account", "account": "1200", "time_behaviour": "balance"},
+    {"code": "assets", "name": "a", "kind": "account", "account": "1900", "time_behaviour": "balance"},
+    {
+        "code": "budget_sales",
+        "name": "b",
+        "kind": "account",
+        "account": "4000",
+        "scenario": "budget",
+        "time_behaviour": "flow",
+    },
+]
+KPIS = [
+    {"code": "revenue", "name": "Revenue", "unit": "currency", "formula": "net_sales"},
+    {"code": "margin", "name": "Margin", "unit": "percent", "formula": "(revenue - cost) / revenue"},
+    {
+        "code": "dso",
+        "name": "DSO",
+        "unit": "days",
+        "direction": "lower",
+        "formula": "receivables / revenue * days()",
+    },
+    {
+        "code": "return_on_assets",
+        "name": "ROA",
+        "unit": "percent",
+        "formula": "ttm(revenue - cost) / avg_balance(assets)",
+        "target_rule": "last_year_plus",
+        "target_rule_pct": 5,
+    },
+    {"code": "growth", "name": "Growth", "unit": "percent", "formula": "revenue / prev(revenue) - 1"},
+    {"code": "vs_budget", "name": "Vs budget", "unit": "currency", "formula": "revenue - budget_sales"},
+    {
+        "code": "yoy",
+        "name": "Year on year",
+        "unit": "currency",
+        "formula": "ytd(net_sales) - last_year(ytd(net_sales))",
+        "target_rule": "manual",
+    },
+]
+
+
+@pytest.fixture
+def company(book: Book) -> Book:
+    book.account("4000")
+    book.account("4100", parent="4000")
+    book.account("4200", parent="4000", sign=-1)
+    book.account("5000")
+    book.account("1200", balance=True)
+    book.account("1900", balance=True)
+    import_definitions({"version": 1, "measures": MEASURES, "kpis": KPIS})
+    return book
+
+
+def facts(seed: int, months: list[date] = MONTHS) -> list[tuple]:
+    """Actual for every month and entity, budget for net sales; a few zero sales (division by zero)."""
+    rows = []
+    for n, month in enumerate(months):
+        for entity in ("US", "EU"):
+            for k, account in enumerate(ACCOUNTS):
+                amount = (seed * 7919 + n * 104729 + k * 1299709 + len(entity) * 15485863) % 1000
+                if account == "4100" and amount < 60:
+                    amount = 0
+                rows.append((f"{month:%Y-%m}", entity, account, str(amount)))
+            rows.append((f"{month:%Y-%m}", entity, "4100", str(500 + n), "budget"))
+    return rows
+
+
+def finish(run: RefreshRun) -> None:
+    run.status, run.finished_at = RefreshRun.Status.SUCCEEDED, timezone.now()
+    run.save()
+
+
+def settle() -> None:
+    """Definitions made long before the runs (as they are in a running system)."""
+    old = timezone.now() - timedelta(days=1)
+    KPIChange.objects.update(changed_at=old)
+    Measure.objects.update(updated_at=old)
+
+
+def refreshed(**kwargs) -> EngineResult:
+    """recompute() inside a successful run, as the refresh pipeline does it."""
+    run = RefreshRun.objects.create(status=RefreshRun.Status.RUNNING)
+    result = recompute(run=run, **kwargs)
+    finish(run)
+    return result
+
+
+def snapshot() -> tuple[list, list]:
+    kpis = sorted(
+        (v.kpi.code, v.scenario_id, v.entity_id, v.grain, v.period, v.value, v.empty_reason, v.target)
+        + (v.target_origin, v.variance, v.variance_pct, v.status, v.status_reason, v.formula_version)
+        + (sorted(v.inputs.items()), v.partial)
+        for v in KPIValue.objects.select_related("kpi")
+    )
+    measures = sorted(
+        MeasureValue.objects.values_list(
+            "measure__code", "scenario_id", "entity_id", "grain", "period", "value", "note"
+        )
+    )
+    return kpis, measures
+
+
+def from_scratch() -> tuple[list, list]:
+    """What a full recompute without any stored values gives."""
+    KPIValue.objects.all().delete()
+    MeasureValue.objects.all().delete()
+    RefreshRun.objects.all().delete()
+    recompute()
+    return snapshot()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(min_value=0, max_value=10_000),
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(MONTHS), st.sampled_from(ACCOUNTS), st.integers(min_value=-1, max_value=999)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    told=st.booleans(),
+)
+def test_recomputing_what_changed_gives_what_a_full_recompute_gives(company, seed, changes, told):
+    """Facts of a few months change (an amount, or a row removed with -1); the refresh is told
+    which months, or finds them itself in a full recompute."""
+    FinancialFact.objects.all().delete()
+    RefreshRun.objects.all().delete()
+    company.book(facts(seed))
+    refreshed()
+    settle()
+    months = sorted({month for month, _, _ in changes})
+    amounts = {(f"{month:%Y-%m}", account): value for month, account, value in changes}
+    rows = []
+    for row in facts(seed):
+        month, entity, account, amount = row[:4]
+        if date.fromisoformat(month + "-01") not in months:
+            continue
+        if len(row) == 4 and (month, account) in amounts:
+            if amounts[(month, account)] < 0:
+                continue
+            amount = str(amounts[(month, account)])
+        rows.append((month, entity, account, amount, *row[4:]))
+    company.book(rows)
+    refreshed(months=months if told else None)
+    assert snapshot() == from_scratch()
+
+
+def test_a_full_recompute_of_unchanged_facts_writes_nothing_and_keeps_each_values_run(company):
+    company.book(facts(1))
+    refreshed()
+    settle()
+    first = KPIValue.objects.values_list("refresh_run_id", flat=True).distinct()
+    again = refreshed()
+    assert (again.kpi_inserted, again.kpi_updated, again.kpi_deleted, again.kpi_values) == (0, 0, 0, 0)
+    assert list(KPIValue.objects.values_list("refresh_run_id", flat=True).distinct()) == list(first)
+
+
+def test_one_changed_month_writes_only_what_it_reaches(company):
+    company.book(facts(2))
+    refreshed()
+    settle()
+    march = date(2023, 3, 1)
+    company.book(facts(3, [march]))
+    result = refreshed(months=[march])
+    written = set(
+        KPIValue.objects.filter(refresh_run=RefreshRun.objects.latest("started_at")).values_list(
+            "kpi__code", "grain", "period"
+        )
+    )
+    assert ("revenue", "month", march) in written and ("revenue", "quarter", date(2023, 1, 1)) in written
+    assert {code for code, grain, period in written if grain == "month" and period != march} <= {
+        "return_on_assets",  # twelve months of ttm, and last year's value as next year's target
+        "growth",  # next month's prev()
+        "yoy",  # the rest of the fiscal year to date, and next year's last_year()
+    }
+    assert result.kpi_values < KPIValue.objects.count() / 2
+    assert snapshot() == from_scratch()
+
+
+def test_a_changed_formula_is_recomputed_for_every_period(company):
+    company.book(facts(4))
+    refreshed()
+    settle()
+    kpi = KPI.objects.get(code="revenue")
+    kpi.formula = "net_sales * 2"
+    kpi_save(kpi=kpi)
+    refreshed(months=[])
+    assert snapshot() == from_scratch()
+    assert KPIValue.objects.filter(kpi__code="margin", formula_version=1).exists()
+
+
+def test_a_new_typed_target_is_applied_without_any_fact_changing(company):
+    company.book(facts(5))
+    refreshed()
+    settle()
+    Target.objects.create(
+        kpi=KPI.objects.get(code="revenue"), grain="year", period=date(2024, 1, 1), value=Decimal("9000")
+    )
+    refreshed(months=[])
+    stored = KPIValue.objects.get(
+        kpi__code="revenue",
+        grain="month",
+        period=date(2024, 2, 1),
+        entity__code="US",
+        scenario__code="actual",
+    )
+    assert stored.target_origin == "typed"
+    assert snapshot() == from_scratch()
+
+
+def test_a_deactivated_kpi_loses_its_values(company):
+    company.book(facts(6))
+    refreshed()
+    settle()
+    kpi = KPI.objects.get(code="yoy")
+    kpi.is_active = False
+    kpi_save(kpi=kpi)
+    refreshed(months=[])
+    assert not KPIValue.objects.filter(kpi=kpi).exists()
+    assert snapshot() == from_scratch()
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_a_new_month_extends_the_data_range_as_a_full_recompute_does(company, told):
+    company.book(facts(8, MONTHS[:-2]))  # up to Oct 2024: the fourth quarter and 2024 are partial
+    refreshed()
+    settle()
+    november = MONTHS[-2]
+    company.book(facts(8, [november]))
+    refreshed(months=[november] if told else None)
+    quarter = MeasureValue.objects.get(
+        measure__code="net_sales",
+        grain="quarter",
+        period=date(2024, 10, 1),
+        entity__code="US",
+        scenario__code="actual",
+    )
+    assert quarter.note == "partial: 2 of 3 months loaded"
+    assert snapshot() == from_scratch()
+
+
+def test_a_month_whose_facts_are_all_removed_leaves_the_data_range(company):
+    company.book(facts(9))
+    refreshed()
+    settle()
+    last = MONTHS[-1]
+    FinancialFact.objects.filter(period=last).delete()
+    refreshed(months=[last])
+    assert not MeasureValue.objects.filter(grain="month", period=last).exists()
+    assert snapshot() == from_scratch()
+
+
+def test_a_deleted_measure_empties_the_kpis_that_read_it(company):
+    company.book(facts(10))
+    refreshed()
+    settle()
+    Measure.objects.filter(code="assets").delete()
+    refreshed(months=[])
+    roa = KPIValue.objects.filter(kpi__code="return_on_assets", grain="month")
+    assert roa.exists() and not roa.exclude(value=None).exists()
+    assert snapshot() == from_scratch()
+
+
+def test_without_a_successful_previous_run_everything_is_recomputed(company):
+    company.book(facts(7))
+    recompute()
+    settle()
+    run = RefreshRun.objects.create(status=RefreshRun.Status.FAILED, finished_at=timezone.now())
+    MeasureValue.objects.filter(grain="month", period=date(2023, 5, 1)).update(value=Decimal("1"))
+    result = recompute(run=None)  # the last run failed: nothing stored is trusted
+    assert result.kpi_values == KPIValue.objects.count()
+    assert run.pk and snapshot() == from_scratch()
