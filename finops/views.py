@@ -16,7 +16,7 @@ from finops.tasks import refresh_task
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return redirect("data")
+    return redirect("overview")
 
 
 def data_page(request: HttpRequest) -> HttpResponse:

@@ -176,8 +176,8 @@ def import_definitions(
         problems.append(f"version: {version!r} is not supported (expected {FORMAT_VERSION})")
     unknown_top = set(data) - {"version", "measures", "kpis"}
     problems.extend(f"{key}: unknown section" for key in sorted(unknown_top))
-    measures = _rows(data, "measures", MEASURE_FIELDS, problems)
-    kpis = _rows(data, "kpis", KPI_FIELDS, problems)
+    measures = check_rows(data, "measures", MEASURE_FIELDS, problems)
+    kpis = check_rows(data, "kpis", KPI_FIELDS, problems)
     resolved_measures = [_resolve_measure(i, row, problems) for i, row in enumerate(measures)]
     _check_duplicates("measures", measures, problems)
     _check_duplicates("kpis", kpis, problems)
@@ -294,7 +294,7 @@ def install_library(dataset: str, *, user=None) -> ImportReport:
 # --- checking -----------------------------------------------------------------------------
 
 
-def _rows(data: dict, section: str, spec: dict[str, str], problems: list[str]) -> list[dict]:
+def check_rows(data: dict, section: str, spec: dict[str, str], problems: list[str]) -> list[dict]:
     rows = data.get(section) or []
     if not isinstance(rows, list):
         problems.append(f"{section}: expected a list")

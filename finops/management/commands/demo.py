@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from alignment.definitions import install_goals
 from finops.errors import ImportRejected
 from finops.models import Entity, RefreshRun
 from finops.refresh import RefreshInProgress, refresh
@@ -53,6 +54,7 @@ class Command(BaseCommand):
         library = install_library("demo")
         if library.measures_created or library.measures_updated or library.kpis_created:
             refresh(source_slug=source.slug, trigger=RefreshRun.Trigger.COMMAND)
+        goals = install_goals("demo")
 
         config = demo.parse_config(source.config)
         step = run.steps[0]
@@ -86,6 +88,10 @@ class Command(BaseCommand):
         write(f"  Entities: {group.name} ({group.currency}) > {subsidiaries}.")
         kpis = KPI.objects.filter(is_active=True).count()
         write(f"  KPIs: {kpis} active ({len(library.kpis_created)} enabled from the standard library now).")
+        write(
+            f"  Goals: {len(goals.goals_created) + len(goals.goals_updated)} with {goals.links} KPI links "
+            f"({len(goals.goals_created)} new)."
+        )
         for warning in run.warnings:
             write(self.style.WARNING(f"  Note: {warning['message']}"))
         write(f"Demo logins (password '{DEMO_PASSWORD}'):")

@@ -19,6 +19,8 @@ from typing import NoReturn
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Max, Min
 
+from alignment.definitions import install_goals
+from alignment.models import KPIDriver
 from finops.errors import ImportRejected
 from finops.models import CurrencyRate, DataSource, FinancialFact, OperationalFact, RefreshRun
 from finops.periods import PeriodRule
@@ -165,6 +167,11 @@ class Command(BaseCommand):
         out(
             f"KPIs: {KPI.objects.filter(is_active=True).count()} active; the library needs data this export "
             f"lacks for: {', '.join(s.split(':')[0] for s in library.skipped) or 'none'}."
+        )
+        goals = install_goals("adventureworks")
+        out(
+            f"Goals: {len(goals.goals_created) + len(goals.goals_updated)} with {goals.links} KPI links; "
+            f"{KPIDriver.objects.count()} driver links between KPIs."
         )
         self._warnings([warning["message"] for warning in run.warnings])
 
