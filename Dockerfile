@@ -1,5 +1,12 @@
 # FinOps Review: one image for web (gunicorn), Celery worker and Celery beat.
 # Configured only through environment variables at run time (see docker-compose.yml).
+
+# Front-end libraries (Plotly, HTMX) from npm, exactly as pinned in package-lock.json.
+FROM node:20-slim AS assets
+WORKDIR /assets
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,8 +23,11 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
+# .dockerignore keeps any local node_modules out of the context; this is the clean install.
+COPY --from=assets /assets/node_modules ./node_modules
 
-# Static files are collected into the image (hashed names, compressed, served by WhiteNoise).
+# Static files, node_modules' vendor/ files included, are collected into the image (hashed
+# names, gzip variants, served by WhiteNoise).
 # Production settings refuse to load without a strong key, so the build uses a throwaway one
 # that lives only in this step; the real SECRET_KEY is given at run time.
 RUN FINOPS_ENV=production \

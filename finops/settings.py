@@ -104,7 +104,18 @@ USE_THOUSAND_SEPARATOR = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(envstr("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Front-end libraries come from npm (package.json, package-lock.json; `npm ci`, which
+# `make install` and the Dockerfile run) and are served as static/vendor/<name>/...; nothing
+# third-party is committed or loaded from a CDN. A folder is only added when it is there, so
+# manage.py works without node_modules; the finops.W001 check names what is missing.
+NODE_MODULES = BASE_DIR / "node_modules"
+VENDOR_STATIC_DIRS = {
+    "vendor/plotly": NODE_MODULES / "plotly.js-basic-dist-min",
+    "vendor/htmx": NODE_MODULES / "htmx.org" / "dist",
+}
+STATICFILES_DIRS = [BASE_DIR / "static"] + [
+    (prefix, path) for prefix, path in VENDOR_STATIC_DIRS.items() if path.is_dir()
+]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
