@@ -3,7 +3,7 @@
 A fixed number of queries whatever the number of goals or KPIs:
 
 1. filter options: entities and departments in one UNION query;
-2. the periods that have stored values at the chosen grain and entity;
+2. the periods that have stored (non-empty) actual values at the chosen grain and entity;
 3. goals with their KPI links (one LEFT JOIN);
 4. the stored values of those KPIs for the period, the periods before it (trend, last period)
    and the same period last year.
@@ -26,7 +26,7 @@ from django.db.models import Value
 from alignment.models import Goal
 from alignment.scoring import GoalNode, Score, goal_scores
 from finops.models import Department, Entity, RefreshRun, Scenario
-from finops.periods import GRAINS, add_months, period_label
+from finops.periods import GRAINS, add_months, grain_start, period_label
 from kpis.charts import sparkline_points
 from kpis.formatting import format_gap, format_value
 from kpis.models import KPIValue
@@ -225,8 +225,11 @@ def scorecard_filters(params: dict[str, str]) -> Filters:
                 f"{params['period']!r} is not a date (use YYYY-MM-DD); showing the latest period."
             )
         else:
+            # A month picked at month grain stays meaningful at quarter or year grain: the
+            # quarter or year that holds it.
+            period = grain_start(period, grain, settings.FISCAL_YEAR_START_MONTH)
             if period not in periods:
-                problems.append(f"No values for {period:%d %b %Y} at this grain; showing the latest period.")
+                problems.append(f"No values for {params['period']} at this grain; showing the latest period.")
                 period = None
     if period is None and periods:
         period = periods[0]
@@ -286,7 +289,9 @@ def _pick(options: list[Option], code: str | None, what: str, problems: list[str
 
 def _periods(grain: str, entity_id: int) -> list[date]:
     return list(
-        KPIValue.objects.filter(grain=grain, entity_id=entity_id, scenario__kind=Scenario.Kind.ACTUAL)
+        KPIValue.objects.filter(
+            grain=grain, entity_id=entity_id, scenario__kind=Scenario.Kind.ACTUAL, value__isnull=False
+        )
         .values_list("period", flat=True)
         .distinct()
         .order_by("-period")
