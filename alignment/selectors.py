@@ -67,6 +67,7 @@ class Filters:
     entity: Option | None
     department: Option | None
     periods: list[date]
+    partial_periods: set[date]
     entities: list[Option]
     departments: list[Option]
     currency: str = ""
@@ -215,7 +216,7 @@ def scorecard_filters(params: dict[str, str]) -> Filters:
     if entity is None:
         entity = next((option for option in entity_options if option.parent_id is None), None)
     department = _pick(department_options, params.get("department"), "department", problems)
-    periods = _periods(grain, entity.id) if entity else []
+    periods, partial = _periods(grain, entity.id) if entity else ([], set())
     period = None
     if params.get("period"):
         try:
@@ -232,13 +233,15 @@ def scorecard_filters(params: dict[str, str]) -> Filters:
                 problems.append(f"No values for {params['period']} at this grain; showing the latest period.")
                 period = None
     if period is None and periods:
-        period = periods[0]
+        # The latest complete period: a quarter with one month loaded is not the default.
+        period = next((p for p in periods if p not in partial), periods[0])
     return Filters(
         grain=grain,
         period=period,
         entity=entity,
         department=department,
         periods=periods,
+        partial_periods=partial,
         entities=entity_options,
         departments=department_options,
         currency=entity.currency if entity else "",
@@ -287,15 +290,22 @@ def _pick(options: list[Option], code: str | None, what: str, problems: list[str
     return found
 
 
-def _periods(grain: str, entity_id: int) -> list[date]:
-    return list(
+def _periods(grain: str, entity_id: int) -> tuple[list[date], set[date]]:
+    """Periods with stored actual values, newest first, and those still partial (not every
+    month loaded yet) for every KPI."""
+    pairs = (
         KPIValue.objects.filter(
             grain=grain, entity_id=entity_id, scenario__kind=Scenario.Kind.ACTUAL, value__isnull=False
         )
-        .values_list("period", flat=True)
+        .values_list("period", "partial")
         .distinct()
-        .order_by("-period")
     )
+    complete, seen = set(), set()
+    for period, partial in pairs:
+        seen.add(period)
+        if not partial:
+            complete.add(period)
+    return sorted(seen, reverse=True), seen - complete
 
 
 def subtree_ids(options: list[Option], root: Option | None) -> set[int] | None:

@@ -14,7 +14,8 @@ register = template.Library()
 @register.filter
 def period_label(filters: Filters, period: date) -> str:
     """The label of ``period`` at the filters' grain (Mar 2026, 2026 Q1, FY2026)."""
-    return filters.label(period)
+    label = filters.label(period)
+    return f"{label} (partial)" if period in filters.partial_periods else label
 
 
 @register.filter

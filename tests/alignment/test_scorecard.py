@@ -7,6 +7,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from alignment.selectors import scorecard, scorecard_filters
+from kpis.models import KPIValue
 from tests import factories
 from tests.alignment.builders import Board
 
@@ -164,3 +165,15 @@ def test_the_scorecard_makes_a_fixed_number_of_queries(client, board, count):
     # with their links, stored values
     assert len(queries) == 7, [q["sql"] for q in queries]
     assert response.content.decode().count('class="spark"') == count
+
+
+def test_the_default_period_is_the_latest_complete_one(board):
+    revenue = board.kpi("revenue")
+    board.values(revenue, date(2024, 10, 1), ["30", "40"], grain="quarter", step=3)
+    KPIValue.objects.filter(period=JAN).update(partial=True)  # Q1 2025: only January loaded
+
+    filters = scorecard_filters({"grain": "quarter"})
+
+    assert filters.period == date(2024, 10, 1)
+    assert filters.periods == [JAN, date(2024, 10, 1)]  # the partial quarter can still be chosen
+    assert filters.partial_periods == {JAN}
