@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
+from alignment import views as alignment_views
 from finops import views
 
 admin.site.site_header = "FinOps Review administration"
@@ -10,6 +11,12 @@ admin.site.index_title = "Define data sources, accounts, KPIs and targets"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("overview/", alignment_views.overview_page, name="overview"),
+    path("scorecard/", alignment_views.scorecard_page, name="scorecard"),
+    path("departments/", alignment_views.departments_page, name="departments"),
+    path("departments/<str:code>/", alignment_views.department_page, name="department"),
+    path("alignment/map/", alignment_views.alignment_map_page, name="alignment-map"),
+    path("alignment/gaps/", alignment_views.alignment_gaps_page, name="alignment-gaps"),
     path("data/", views.data_page, name="data"),
     path("data/refresh/", views.refresh_now, name="refresh-now"),
     path("data/runs/<int:run_id>/", views.run_detail, name="run-detail"),
