@@ -1,18 +1,48 @@
-"""Pages of the data layer: the Data page (sources, coverage, runs) and a run's report."""
+"""Pages of the data layer: the Data page (sources, coverage, runs), a run's report, and the
+unauthenticated health check."""
 
 from __future__ import annotations
 
+import logging
+
 from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import PermissionDenied
+from django.db import Error as DatabaseError
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST, require_safe
 
 from finops.data_health import data_overview
 from finops.models import DataSource, RefreshRun
 from finops.roles import is_analyst
 from finops.tasks import refresh_task
+
+logger = logging.getLogger(__name__)
+
+
+@login_not_required
+@never_cache
+@require_safe
+def health(request: HttpRequest) -> JsonResponse:
+    """``GET /health/`` for load balancers and container healthchecks: no login, one query
+    (when the latest successful refresh finished), and nothing else revealed. 503 when the
+    database does not answer; the reason goes to the log, not to the caller."""
+    try:
+        finished = (
+            RefreshRun.objects.filter(status=RefreshRun.Status.SUCCEEDED, finished_at__isnull=False)
+            .order_by("-finished_at")
+            .values_list("finished_at", flat=True)
+            .first()
+        )
+    except DatabaseError:
+        logger.warning("Health check: the database query failed", exc_info=True)
+        return JsonResponse({"status": "error", "database": "error", "last_refresh": None}, status=503)
+    return JsonResponse(
+        {"status": "ok", "database": "ok", "last_refresh": finished.isoformat() if finished else None}
+    )
 
 
 def home(request: HttpRequest) -> HttpResponse:
