@@ -4,6 +4,7 @@ from django.urls import path
 
 from alignment import views as alignment_views
 from finops import views
+from kpis import views as kpi_views
 
 admin.site.site_header = "FinOps Review administration"
 admin.site.site_title = "FinOps Review"
@@ -17,6 +18,8 @@ urlpatterns = [
     path("departments/<str:code>/", alignment_views.department_page, name="department"),
     path("alignment/map/", alignment_views.alignment_map_page, name="alignment-map"),
     path("alignment/gaps/", alignment_views.alignment_gaps_page, name="alignment-gaps"),
+    path("kpis/<slug:code>/", kpi_views.kpi_detail, name="kpi-detail"),
+    path("kpis/<slug:code>/facts/", kpi_views.kpi_facts, name="kpi-facts"),
     path("data/", views.data_page, name="data"),
     path("data/refresh/", views.refresh_now, name="refresh-now"),
     path("data/runs/<int:run_id>/", views.run_detail, name="run-detail"),

@@ -73,6 +73,14 @@ PAGES = [
     Shot("run", latest_run),
     Shot("admin", reverse("admin:index"), viewer=ANALYST),
     Shot("data-tablet", reverse("data"), width=TABLET_WIDTH),
+    # KPI pages of the demo company: DSO by quarter (chart, values, inputs, drivers), and the facts
+    # behind net sales for one entity (accounts with their signs, reconciled to the stored value).
+    Shot("kpi-detail", reverse("kpi-detail", args=["dso"]) + "?grain=quarter"),
+    Shot(
+        "kpi-facts",
+        reverse("kpi-facts", args=["revenue"])
+        + "?grain=quarter&period=2026-07-01&entity=NW-US&measure=net_sales",
+    ),
 ]
 
 
