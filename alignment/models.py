@@ -55,6 +55,7 @@ class Goal(models.Model):
         help_text="Weight in the parent goal's score.",
     )
     sort_order = models.IntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)  # part of the published version of pages
 
     class Meta:
         ordering = ["sort_order", "code"]
@@ -112,6 +113,7 @@ class GoalKPI(models.Model):
         "(percent as a fraction: 0.42 is 42%).",
     )
     sort_order = models.IntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         verbose_name = "goal KPI"
@@ -128,6 +130,7 @@ class KPIDriver(models.Model):
     driver = models.ForeignKey(KPI, on_delete=models.CASCADE, related_name="drives")
     outcome = models.ForeignKey(KPI, on_delete=models.CASCADE, related_name="driven_by")
     explanation = models.TextField(blank=True, help_text="How the driver moves the outcome, in plain words.")
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         verbose_name = "KPI driver link"

@@ -18,10 +18,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Value
+from django.utils.http import urlencode
 
 from alignment.models import Goal
 from alignment.scoring import GoalNode, Score, goal_scores
@@ -79,6 +81,11 @@ class Filters:
 
     def label(self, period: date) -> str:
         return period_label(period, self.grain, settings.FISCAL_YEAR_START_MONTH)
+
+    @cached_property
+    def query_string(self) -> str:
+        """The filters as a URL query string, for links to other pages of stored values."""
+        return urlencode(self.as_query())
 
     def as_query(self, **override: Any) -> dict[str, str]:
         query = {

@@ -1,42 +1,53 @@
-"""Pages of the alignment layer: the overview and the aligned scorecard. Views read stored
-values through selectors and render them; they never compute a KPI."""
+"""Pages of the alignment layer: the overview, the aligned scorecard, the department views,
+the alignment map and the gaps. Views read stored values through selectors and render them;
+they never compute a KPI. The overview and scorecard bodies are cached under the published
+version (alignment/published.py), so a repeat view reads no KPI values."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
 
+from alignment.departments import department_board, department_index
+from alignment.gaps import alignment_gaps
+from alignment.links import driver_links
+from alignment.map import alignment_figure
+from alignment.published import cached_body
 from alignment.selectors import GRAIN_LABELS, overview, scorecard, scorecard_filters
+from finops.models import Department
 
 
 def overview_page(request: HttpRequest) -> HttpResponse:
-    filters = scorecard_filters(request.GET.dict())
-    context = {"view": overview(filters), "filters": filters, "grains": GRAIN_LABELS, "nav": "overview"}
-    template = (
-        "alignment/_overview_body.html" if request.headers.get("HX-Request") else "alignment/overview.html"
-    )
-    return render(request, template, context)
+    def build() -> str:
+        filters = scorecard_filters(params)
+        context = {"view": overview(filters), "filters": filters, "grains": GRAIN_LABELS}
+        return render_to_string("alignment/_overview_body.html", context, request=request)
+
+    params = request.GET.dict()
+    return _page(request, "alignment/overview.html", "overview", cached_body("overview", params, build))
 
 
 def scorecard_page(request: HttpRequest) -> HttpResponse:
-    filters = scorecard_filters(request.GET.dict())
-    context = {"card": scorecard(filters), "filters": filters, "grains": GRAIN_LABELS, "nav": "scorecard"}
-    template = (
-        "alignment/_scorecard_body.html" if request.headers.get("HX-Request") else "alignment/scorecard.html"
-    )
-    return render(request, template, context)
+    def build() -> str:
+        filters = scorecard_filters(params)
+        context = {"card": scorecard(filters), "filters": filters, "grains": GRAIN_LABELS}
+        return render_to_string("alignment/_scorecard_body.html", context, request=request)
+
+    params = request.GET.dict()
+    return _page(request, "alignment/scorecard.html", "scorecard", cached_body("scorecard", params, build))
+
+
+def _page(request: HttpRequest, template: str, nav: str, body: str) -> HttpResponse:
+    """The body alone for an HTMX swap, else the whole page around it."""
+    if request.headers.get("HX-Request"):
+        return HttpResponse(body)
+    return render(request, template, {"body": mark_safe(body), "nav": nav})  # noqa: S308 - our own render
 
 
 # --- Department pages, the alignment map and the alignment gaps -----------------------------
-# (appended as one block; their reads live in alignment/departments.py, links.py and gaps.py)
-
-from django.shortcuts import get_object_or_404  # noqa: E402
-
-from alignment.departments import department_board, department_index  # noqa: E402
-from alignment.gaps import alignment_gaps  # noqa: E402
-from alignment.links import driver_links  # noqa: E402
-from alignment.map import alignment_figure  # noqa: E402
-from finops.models import Department  # noqa: E402
+# (their reads live in alignment/departments.py, links.py and gaps.py)
 
 
 def departments_page(request: HttpRequest) -> HttpResponse:

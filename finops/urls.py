@@ -12,6 +12,7 @@ admin.site.index_title = "Define data sources, accounts, KPIs and targets"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("health/", views.health, name="health"),
     path("overview/", alignment_views.overview_page, name="overview"),
     path("scorecard/", alignment_views.scorecard_page, name="scorecard"),
     path("departments/", alignment_views.departments_page, name="departments"),

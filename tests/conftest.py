@@ -52,3 +52,13 @@ def _no_real_broker_in_unit_tests(settings, request):
     if "integration" not in request.keywords:
         settings.CELERY_TASK_ALWAYS_EAGER = True
     os.environ.setdefault("FINOPS_ENV", "test")
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Each test starts with an empty cache (pages cache bodies under a published version)."""
+    from django.core.cache import cache  # noqa: PLC0415 - settings are configured by now
+
+    cache.clear()
+    yield
+    cache.clear()

@@ -61,7 +61,7 @@ def test_it_shows_the_last_complete_refresh_and_a_running_one(client, board):
     RefreshRun.objects.create(status=RefreshRun.Status.RUNNING)
     client.force_login(factories.leadership_user())
     body = client.get(reverse("overview")).content.decode()
-    assert "Refresh running since" in body
+    assert "A refresh is running" in body  # the layout's banner
     assert "Last complete refresh" in body
 
 
@@ -81,6 +81,6 @@ def test_the_overview_makes_a_fixed_number_of_queries(client, board, count):
     with CaptureQueriesContext(connection) as queries:
         response = client.get(reverse("overview"))
     assert response.status_code == 200
-    # session, user, groups (menu); options, periods, goals with links, goal values, all
-    # KPIs' values, refresh runs
-    assert len(queries) == 9, [q["sql"] for q in queries]
+    # session, user, published version; the body: options, periods, goals with links, goal
+    # values, all KPIs' values, refresh runs; the layout's latest run
+    assert len(queries) == 10, [q["sql"] for q in queries]

@@ -7,6 +7,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from alignment.selectors import scorecard, scorecard_filters
+from finops.models import RefreshRun
 from kpis.models import KPIValue
 from tests import factories
 from tests.alignment.builders import Board
@@ -161,10 +162,37 @@ def test_the_scorecard_makes_a_fixed_number_of_queries(client, board, count):
     with CaptureQueriesContext(connection) as queries:
         response = client.get(reverse("scorecard"), {"grain": "month"})
     assert response.status_code == 200
-    # session, user, the user's groups (menu); then the page: filter options, periods, goals
-    # with their links, stored values
-    assert len(queries) == 7, [q["sql"] for q in queries]
+    # session, user, the published version; the page's body: filter options, periods, goals
+    # with their links, stored values; the layout's latest run
+    assert len(queries) == 8, [q["sql"] for q in queries]
     assert response.content.decode().count('class="spark"') == count
+    # Seen again before anything is published: the body comes from the cache.
+    with CaptureQueriesContext(connection) as queries:
+        again = client.get(reverse("scorecard"), {"grain": "month"})
+    assert len(queries) == 4, [q["sql"] for q in queries]
+    def body(page):  # the CSRF token in the layout is masked differently each time
+        html = page.content.decode()
+        return html[html.index('<div id="scorecard"') : html.index("</main>")]
+
+    assert body(again) == body(response)
+
+
+def test_a_new_refresh_or_an_edited_goal_shows_at_once(client, board):
+    revenue = board.kpi("revenue")
+    board.values(revenue, JAN, ["100"], target="120", status="red")
+    goal = board.goal("G1")
+    board.link(goal, revenue)
+    client.force_login(factories.leadership_user())
+    assert "Goal G1" in client.get(reverse("scorecard")).content.decode()
+
+    goal.title = "Grow revenue"
+    goal.save()
+    assert "Grow revenue" in client.get(reverse("scorecard")).content.decode()
+
+    KPIValue.objects.filter(kpi=revenue).update(status="green", status_reason="now green")
+    assert "now green" not in client.get(reverse("scorecard")).content.decode()  # not published yet
+    RefreshRun.objects.create(status=RefreshRun.Status.SUCCEEDED)
+    assert "now green" in client.get(reverse("scorecard")).content.decode()
 
 
 def test_the_default_period_is_the_latest_complete_one(board):

@@ -34,8 +34,8 @@ def test_every_page_requires_login(client, name, args):
 def test_the_login_page_logs_a_user_in(client):
     factories.leadership_user()
     response = client.post(reverse("login"), {"username": "ceo", "password": "pw"}, follow=True)
-    assert response.redirect_chain[-1][0] == reverse("data")
-    assert b"Data" in response.content
+    assert response.redirect_chain[-1][0] == reverse("overview")
+    assert b"Overview" in response.content
 
 
 def test_the_data_page_explains_what_to_do_when_there_is_no_data(client):

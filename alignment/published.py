@@ -1,0 +1,57 @@
+"""What the review pages show changes only when something is published: a refresh succeeds,
+or goals, links, driver links or KPI definitions are edited. One query reads that version;
+page bodies are cached under it, so a repeat view of a scorecard reads no KPI values at all.
+
+The cache can never show stale numbers: every refresh that stores KPI values ends as a new
+succeeded run (a new version), and every edit of a goal, link or KPI changes a timestamp,
+count or change record that the version includes. Names of entities or departments edited
+in the admin are the exception: they show after at most ``BODY_TTL`` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from django.core.cache import cache
+from django.db import connection
+
+from alignment.models import Goal, GoalKPI, KPIDriver
+from finops.models import Department, Entity, RefreshRun
+from kpis.models import KPI, KPIChange
+
+BODY_TTL = 300  # seconds
+FILTER_KEYS = ("grain", "period", "entity", "department")
+
+
+def published_version() -> str:
+    """The version of everything the review pages read (one query)."""
+    run, goal, link, driver, change, kpi = (
+        model._meta.db_table for model in (RefreshRun, Goal, GoalKPI, KPIDriver, KPIChange, KPI)
+    )
+    entity, department = Entity._meta.db_table, Department._meta.db_table
+    sql = f"""
+        SELECT
+          (SELECT MAX(id) FROM {run} WHERE status = %s),
+          (SELECT MAX(updated_at) FROM {goal}), (SELECT COUNT(*) FROM {goal}),
+          (SELECT MAX(updated_at) FROM {link}), (SELECT COUNT(*) FROM {link}),
+          (SELECT MAX(updated_at) FROM {driver}), (SELECT COUNT(*) FROM {driver}),
+          (SELECT MAX(id) FROM {change}), (SELECT COUNT(*) FROM {kpi} WHERE is_active = %s),
+          (SELECT COUNT(*) FROM {entity}), (SELECT COUNT(*) FROM {department})
+    """  # noqa: S608 - table names from the models' metadata, values as parameters
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [RefreshRun.Status.SUCCEEDED, True])
+        row = cursor.fetchone()
+    return "|".join(str(value) for value in row)
+
+
+def cached_body(page: str, params: dict[str, str], build: Callable[[], str]) -> str:
+    """The page body for these filters from the cache, or ``build()`` it and keep it."""
+    filters = "&".join(f"{key}={params.get(key, '')}" for key in FILTER_KEYS)
+    digest = hashlib.sha256(f"{published_version()}#{filters}".encode()).hexdigest()
+    key = f"review:{page}:{digest}"
+    body = cache.get(key)
+    if body is None:
+        body = build()
+        cache.set(key, body, BODY_TTL)
+    return body
