@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.core.cache import cache
 from django.db import connection
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from alignment.models import Goal, GoalKPI, KPIDriver
 from finops.models import Department, Entity, RefreshRun
@@ -24,12 +28,28 @@ BODY_TTL = 300  # seconds
 FILTER_KEYS = ("grain", "period", "entity", "department")
 
 
-def published_version() -> str:
-    """The version of everything the review pages read (one query)."""
+@dataclass(frozen=True)
+class LatestRun:
+    """The newest refresh run, for the layout's "running" or "failed" banner."""
+
+    pk: int
+    status: str
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Published:
+    version: str
+    latest_run: LatestRun | None
+
+
+def published_state() -> Published:
+    """The version of everything the review pages read, and the newest run (one query)."""
     run, goal, link, driver, change, kpi = (
         model._meta.db_table for model in (RefreshRun, Goal, GoalKPI, KPIDriver, KPIChange, KPI)
     )
     entity, department = Entity._meta.db_table, Department._meta.db_table
+    newest = f"(SELECT {{column}} FROM {run} ORDER BY started_at DESC, id DESC LIMIT 1)"  # noqa: S608
     sql = f"""
         SELECT
           (SELECT MAX(id) FROM {run} WHERE status = %s),
@@ -37,21 +57,30 @@ def published_version() -> str:
           (SELECT MAX(updated_at) FROM {link}), (SELECT COUNT(*) FROM {link}),
           (SELECT MAX(updated_at) FROM {driver}), (SELECT COUNT(*) FROM {driver}),
           (SELECT MAX(id) FROM {change}), (SELECT COUNT(*) FROM {kpi} WHERE is_active = %s),
-          (SELECT COUNT(*) FROM {entity}), (SELECT COUNT(*) FROM {department})
+          (SELECT COUNT(*) FROM {entity}), (SELECT COUNT(*) FROM {department}),
+          {newest.format(column="id")}, {newest.format(column="status")}, {newest.format(column="started_at")}
     """  # noqa: S608 - table names from the models' metadata, values as parameters
     with connection.cursor() as cursor:
         cursor.execute(sql, [RefreshRun.Status.SUCCEEDED, True])
         row = cursor.fetchone()
-    return "|".join(str(value) for value in row)
+    run_id, status, started = row[-3:]
+    if isinstance(started, str):  # SQLite returns text
+        started = parse_datetime(started)
+        if started is not None and timezone.is_naive(started):
+            started = timezone.make_aware(started, UTC)
+    latest = LatestRun(pk=run_id, status=status, started_at=started) if run_id is not None else None
+    return Published(version="|".join(str(value) for value in row[:-3]), latest_run=latest)
 
 
-def cached_body(page: str, params: dict[str, str], build: Callable[[], str]) -> str:
-    """The page body for these filters from the cache, or ``build()`` it and keep it."""
+def cached_body(page: str, params: dict[str, str], build: Callable[[], str]) -> tuple[str, Published]:
+    """The page body for these filters from the cache, or ``build()`` it and keep it; with the
+    published state (whose newest run the layout shows)."""
+    state = published_state()
     filters = "&".join(f"{key}={params.get(key, '')}" for key in FILTER_KEYS)
-    digest = hashlib.sha256(f"{published_version()}#{filters}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{state.version}#{filters}".encode()).hexdigest()
     key = f"review:{page}:{digest}"
     body = cache.get(key)
     if body is None:
         body = build()
         cache.set(key, body, BODY_TTL)
-    return body
+    return body, state

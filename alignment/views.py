@@ -14,7 +14,7 @@ from alignment.departments import department_board, department_index
 from alignment.gaps import alignment_gaps
 from alignment.links import driver_links
 from alignment.map import alignment_figure
-from alignment.published import cached_body
+from alignment.published import Published, cached_body
 from alignment.selectors import GRAIN_LABELS, overview, scorecard, scorecard_filters
 from finops.models import Department
 
@@ -26,7 +26,7 @@ def overview_page(request: HttpRequest) -> HttpResponse:
         return render_to_string("alignment/_overview_body.html", context, request=request)
 
     params = request.GET.dict()
-    return _page(request, "alignment/overview.html", "overview", cached_body("overview", params, build))
+    return _page(request, "alignment/overview.html", "overview", *cached_body("overview", params, build))
 
 
 def scorecard_page(request: HttpRequest) -> HttpResponse:
@@ -36,14 +36,16 @@ def scorecard_page(request: HttpRequest) -> HttpResponse:
         return render_to_string("alignment/_scorecard_body.html", context, request=request)
 
     params = request.GET.dict()
-    return _page(request, "alignment/scorecard.html", "scorecard", cached_body("scorecard", params, build))
+    return _page(request, "alignment/scorecard.html", "scorecard", *cached_body("scorecard", params, build))
 
 
-def _page(request: HttpRequest, template: str, nav: str, body: str) -> HttpResponse:
-    """The body alone for an HTMX swap, else the whole page around it."""
+def _page(request: HttpRequest, template: str, nav: str, body: str, state: Published) -> HttpResponse:
+    """The body alone for an HTMX swap, else the whole page around it (the layout's banner
+    reads the newest run from the same query as the version)."""
     if request.headers.get("HX-Request"):
         return HttpResponse(body)
-    return render(request, template, {"body": mark_safe(body), "nav": nav})  # noqa: S308 - our own render
+    context = {"body": mark_safe(body), "nav": nav, "latest_run": state.latest_run}  # noqa: S308 - our own render
+    return render(request, template, context)
 
 
 # --- Department pages, the alignment map and the alignment gaps -----------------------------
