@@ -19,6 +19,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import get_language
 
 from alignment.models import Goal, GoalKPI, KPIDriver
 from finops.models import Department, Entity, RefreshRun
@@ -77,7 +78,8 @@ def cached_body(page: str, params: dict[str, str], build: Callable[[], str]) -> 
     published state (whose newest run the layout shows)."""
     state = published_state()
     filters = "&".join(f"{key}={params.get(key, '')}" for key in FILTER_KEYS)
-    digest = hashlib.sha256(f"{state.version}#{filters}".encode()).hexdigest()
+    # Numbers are formatted for the active language: one body per language.
+    digest = hashlib.sha256(f"{state.version}#{filters}#{get_language()}".encode()).hexdigest()
     key = f"review:{page}:{digest}"
     body = cache.get(key)
     if body is None:

@@ -47,6 +47,9 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # Number formats (separators) follow the browser's language among LANGUAGES; the words
+    # of the interface are English.
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -97,7 +100,16 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
-LANGUAGE_CODE = "en-us"
+LANGUAGE_CODE = envstr("LANGUAGE_CODE", "en-us")
+LANGUAGES = [
+    ("en-us", "English (US)"),
+    ("en-gb", "English (UK)"),
+    ("de", "German"),
+    ("fr", "French"),
+    ("es", "Spanish"),
+    ("it", "Italian"),
+    ("nl", "Dutch"),
+]
 TIME_ZONE = envstr("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
@@ -129,6 +141,14 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = not PRODUCTION
 WHITENOISE_AUTOREFRESH = not PRODUCTION
 MEDIA_ROOT = Path(envstr("MEDIA_ROOT", str(BASE_DIR / "media")))
+
+# File data sources (finops/sources/files.py, docs/data-sources.md). A source that reads a
+# file from disk may only name a path inside FINOPS_SOURCE_FILES_DIR; uploads are stored under
+# MEDIA_ROOT/sources/. Files larger than FINOPS_SOURCE_FILE_MAX_BYTES are refused, and so is an
+# XLSX whose parts would inflate past FINOPS_SOURCE_XLSX_MAX_UNCOMPRESSED_BYTES (a zip bomb).
+FINOPS_SOURCE_FILES_DIR = Path(envstr("FINOPS_SOURCE_FILES_DIR", str(BASE_DIR / "var" / "sources")))
+FINOPS_SOURCE_FILE_MAX_BYTES = envint("FINOPS_SOURCE_FILE_MAX_BYTES", 200 * 1024 * 1024)
+FINOPS_SOURCE_XLSX_MAX_UNCOMPRESSED_BYTES = envint("FINOPS_SOURCE_XLSX_MAX_UNCOMPRESSED_BYTES", 1024**3)
 
 # Periods: the base grain is the calendar month; quarters and years follow the fiscal
 # year, which starts in this month (1 = January, 7 = July).

@@ -1,13 +1,16 @@
 """How a KPI value is written for people: by unit, with thousands separators.
 
 One function, used by every page, export and status reason, so a number reads the same
-everywhere. Percent KPIs are stored as fractions (0.423) and shown as 42.3%.
+everywhere; thousands and decimal separators follow the active locale (the browser's language
+on pages, LANGUAGE_CODE elsewhere). Percent KPIs are stored as fractions (0.423) and shown as 42.3%.
 """
 
 from __future__ import annotations
 
 import math
 from decimal import Decimal
+
+from django.utils.formats import number_format
 
 UNIT_SUFFIX = {"days": " days", "count": "", "ratio": "", "currency": ""}
 # (from this size, divided by, suffix, decimals), smallest first: 12,345 is 12.3k.
@@ -19,13 +22,22 @@ def format_value(value: float | Decimal | None, unit: str, decimals: int = 1, cu
         return "—"
     number = float(value)
     if unit == "percent":
-        return f"{number * 100:,.{decimals}f}%"
+        return f"{grouped(number * 100, decimals)}%"
     if unit == "currency":
         text = _compact_money(number, decimals)
         return f"{currency} {text}".strip() if currency else text
     if unit == "ratio":
-        return f"{number:,.{max(decimals, 2)}f}"
-    return f"{number:,.{decimals}f}{UNIT_SUFFIX.get(unit, '')}"
+        return grouped(number, max(decimals, 2))
+    return f"{grouped(number, decimals)}{UNIT_SUFFIX.get(unit, '')}"
+
+
+def grouped(number: float, places: int) -> str:
+    """``number`` with ``places`` decimals and the active locale's separators (1,234.5 in
+    English, 1.234,5 in German); English when no language is active."""
+    text = f"{number:.{places}f}"
+    shown = number_format(Decimal(text), places, use_l10n=True, force_grouping=True)
+    # A small negative rounds to "-0.0": keep the sign, it says which side of zero it is.
+    return "-" + shown if text.startswith("-") and not shown.startswith("-") else shown
 
 
 def _compact_money(number: float, decimals: int) -> str:
@@ -38,9 +50,9 @@ def _compact_money(number: float, decimals: int) -> str:
         if size >= threshold or (chosen and round(size / chosen[1], chosen[3]) >= 1000):
             chosen = (threshold, divisor, suffix, places)
     if chosen is None:
-        return f"{number:,.{decimals}f}"
+        return grouped(number, decimals)
     _, divisor, suffix, places = chosen
-    return f"{number / divisor:,.{places}f}{suffix}"
+    return f"{grouped(number / divisor, places)}{suffix}"
 
 
 def format_gap(value: float, unit: str, decimals: int = 1) -> str:

@@ -62,3 +62,12 @@ def _empty_cache():
     cache.clear()
     yield
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _default_language():
+    """A request's language (LocaleMiddleware) stays active in the thread: reset it."""
+    from django.utils import translation  # noqa: PLC0415
+
+    yield
+    translation.activate(settings.LANGUAGE_CODE)

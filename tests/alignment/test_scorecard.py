@@ -170,6 +170,7 @@ def test_the_scorecard_makes_a_fixed_number_of_queries(client, board, count):
     with CaptureQueriesContext(connection) as queries:
         again = client.get(reverse("scorecard"), {"grain": "month"})
     assert len(queries) == 3, [q["sql"] for q in queries]
+
     def body(page):  # the CSRF token in the layout is masked differently each time
         html = page.content.decode()
         return html[html.index('<div id="scorecard"') : html.index("</main>")]
