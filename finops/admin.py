@@ -1,8 +1,15 @@
 """The data layer in the admin, for analysts: search and filters on every model."""
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path
 
+from finops.errors import ImportRejected
 from finops.models import (
+    PERIOD_RULE_CHOICES,
     Account,
     CurrencyRate,
     DataSource,
@@ -13,7 +20,9 @@ from finops.models import (
     OperationalSeries,
     RefreshRun,
     Scenario,
+    SourceFile,
 )
+from finops.sources import files, mapping
 
 
 @admin.register(Entity)
@@ -54,12 +63,429 @@ class OperationalSeriesAdmin(admin.ModelAdmin):
     search_fields = ("code", "name", "description")
 
 
+# --- data sources ----------------------------------------------------------------------------
+
+CODE_TARGETS = ("entity", "department", "account", "series", "scenario", "dimension", "count")
+FINANCIAL_ONLY = ("department", "account")
+OPERATIONAL_ONLY = ("series", "dimension", "count")
+
+
+def _optional_text(label: str) -> forms.CharField:
+    return forms.CharField(required=False, label=label)
+
+
+def _blank(choices):
+    return [("", "—")] + list(choices)
+
+
+class DataSourceForm(forms.ModelForm):
+    """A data source; for a file source the config is edited as form fields (checked by
+    ``finops.sources.files.validate_file_config``), for other kinds as JSON."""
+
+    upload = forms.FileField(
+        required=False,
+        label="Upload a file",
+        help_text="CSV or XLSX. It becomes the file this source loads at the next refresh "
+        "(earlier uploads are kept below).",
+    )
+    path = forms.CharField(
+        required=False,
+        label="Or read from a path",
+        help_text="A file inside the source files folder (FINOPS_SOURCE_FILES_DIR), e.g. ledger/2024.csv. "
+        "When set, uploads are ignored.",
+    )
+    file_format = forms.ChoiceField(
+        label="Format",
+        choices=[("auto", "Automatic (by file name)"), ("csv", "CSV"), ("xlsx", "XLSX")],
+        required=False,
+    )
+    delimiter = forms.ChoiceField(
+        choices=[(k, f"{v} ({k})" if k != "\t" else v) for k, v in files.DELIMITERS.items()],
+        required=False,
+        help_text="CSV only.",
+    )
+    encoding = forms.CharField(
+        required=False, initial="utf-8", help_text="CSV only: utf-8, latin-1, cp1252, ..."
+    )
+    header_row = forms.IntegerField(
+        required=False,
+        min_value=0,
+        initial=1,
+        help_text="The line (CSV) or row (XLSX) holding the column names; 0 when there is none.",
+    )
+    column_names = forms.CharField(
+        required=False,
+        label="Column names",
+        help_text="Only when the header row is 0: the columns in order, separated by commas.",
+        widget=forms.TextInput(attrs={"size": 60}),
+    )
+    sheet = forms.CharField(
+        required=False, help_text="XLSX only: the sheet's name; empty for the first sheet."
+    )
+    fact_kind = forms.ChoiceField(
+        label="Facts",
+        choices=_blank(
+            [
+                (mapping.FINANCIAL, "Financial (amounts on accounts)"),
+                (mapping.OPERATIONAL, "Operational (series values and counts)"),
+            ]
+        ),
+        required=False,
+    )
+    date_column = forms.CharField(
+        required=False, help_text="A column of dates; the period rule gives the month."
+    )
+    period_column = forms.CharField(
+        required=False, help_text="Or a column holding the month itself (YYYY-MM); map one of the two."
+    )
+    date_format = forms.CharField(
+        required=False,
+        initial="iso",
+        help_text="iso (YYYY-MM-DD, periods YYYY-MM) or a pattern such as %d/%m/%Y or %m/%Y.",
+    )
+    period_rule = forms.ChoiceField(choices=PERIOD_RULE_CHOICES, required=False)
+    decimal_separator = forms.ChoiceField(
+        choices=[(".", "point (1234.56)"), (",", "comma (1234,56)")], required=False
+    )
+    thousands_separator = forms.ChoiceField(
+        choices=[
+            ("", "none"),
+            (",", "comma (1,234)"),
+            (".", "point (1.234)"),
+            (" ", "space (1 234)"),
+            ("'", "apostrophe (1'234)"),
+        ],
+        required=False,
+    )
+    amount_column = forms.CharField(required=False, label="Amount / value column")
+    entity_column = _optional_text("Entity column")
+    entity_value = _optional_text("or fixed value")
+    department_column = _optional_text("Department column")
+    department_value = _optional_text("or fixed value")
+    account_column = _optional_text("Account column")
+    account_value = _optional_text("or fixed value")
+    series_column = _optional_text("Series column")
+    series_value = _optional_text("or fixed value")
+    scenario_column = _optional_text("Scenario column")
+    scenario_value = _optional_text("or fixed value")
+    dimension_column = _optional_text("Dimension column")
+    dimension_value = _optional_text("or fixed value")
+    count_column = _optional_text("Count column")
+    count_value = _optional_text("or fixed count")
+    snapshot = forms.BooleanField(
+        required=False,
+        label="The file holds every period",
+        help_text="Then facts of this source in periods the file no longer has are deleted. Otherwise "
+        "only the scenario-periods in the file are replaced.",
+    )
+
+    # problem path (finops.sources.files / mapping) -> form field
+    PROBLEM_FIELDS = (
+        {
+            "path": "path",
+            "format": "file_format",
+            "delimiter": "delimiter",
+            "encoding": "encoding",
+            "header_row": "header_row",
+            "columns": "column_names",
+            "sheet": "sheet",
+            "mapping.fact_kind": "fact_kind",
+            "mapping.columns.date": "date_column",
+            "mapping.columns.period": "period_column",
+            "mapping.columns.amount": "amount_column",
+            "mapping.columns.value": "amount_column",
+            "mapping.date_format": "date_format",
+            "mapping.period_rule": "period_rule",
+            "mapping.decimal_separator": "decimal_separator",
+            "mapping.thousands_separator": "thousands_separator",
+            "mapping.snapshot": "snapshot",
+        }
+        | {f"mapping.columns.{name}": f"{name}_column" for name in CODE_TARGETS}
+        | {f"mapping.constants.{name}": f"{name}_value" for name in CODE_TARGETS}
+    )
+
+    class Meta:
+        model = DataSource
+        fields = ("name", "slug", "kind", "is_active", "config")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        config = (
+            self.instance.config if self.instance.pk and self.instance.kind == DataSource.Kind.FILE else {}
+        )
+        config = config if isinstance(config, dict) else {}
+        rules = config.get("mapping") if isinstance(config.get("mapping"), dict) else {}
+        columns = rules.get("columns") if isinstance(rules.get("columns"), dict) else {}
+        constants = rules.get("constants") if isinstance(rules.get("constants"), dict) else {}
+        initial = {
+            "path": config.get("path", ""),
+            "file_format": config.get("format", "auto"),
+            "delimiter": config.get("delimiter", ","),
+            "encoding": config.get("encoding", "utf-8"),
+            "header_row": config.get("header_row", 1),
+            "column_names": ", ".join(config.get("columns") or []),
+            "sheet": config.get("sheet", ""),
+            "fact_kind": rules.get("fact_kind", mapping.FINANCIAL),
+            "date_column": columns.get("date", ""),
+            "period_column": columns.get("period", ""),
+            "date_format": rules.get("date_format", "iso"),
+            "period_rule": rules.get("period_rule", "calendar_month"),
+            "decimal_separator": rules.get("decimal_separator", "."),
+            "thousands_separator": rules.get("thousands_separator", ""),
+            "amount_column": columns.get("amount") or columns.get("value") or "",
+            "snapshot": rules.get("snapshot", False),
+        }
+        for name in CODE_TARGETS:
+            initial[f"{name}_column"] = columns.get(name, "")
+            default = "actual" if name == "scenario" and not config else ""
+            initial[f"{name}_value"] = constants.get(name, default)
+        for name, value in initial.items():
+            if name in self.fields:
+                self.fields[name].initial = value
+
+    def file_config(self) -> dict:
+        """The config JSON the file fields describe."""
+        data = self.cleaned_data
+        kind = data.get("fact_kind") or ""
+        columns, constants = {}, {}
+        if data.get("date_column"):
+            columns["date"] = data["date_column"].strip()
+        if data.get("period_column"):
+            columns["period"] = data["period_column"].strip()
+        if data.get("amount_column"):
+            columns["value" if kind == mapping.OPERATIONAL else "amount"] = data["amount_column"].strip()
+        for name in CODE_TARGETS:
+            if kind == mapping.FINANCIAL and name in OPERATIONAL_ONLY:
+                continue
+            if kind == mapping.OPERATIONAL and name in FINANCIAL_ONLY:
+                continue
+            column, value = (
+                (data.get(f"{name}_column") or "").strip(),
+                (data.get(f"{name}_value") or "").strip(),
+            )
+            if column:
+                columns[name] = column
+            if value:
+                constants[name] = value
+        header_row = data.get("header_row")
+        return {
+            "path": (data.get("path") or "").strip(),
+            "format": data.get("file_format") or "auto",
+            "delimiter": data.get("delimiter") or ",",
+            "encoding": (data.get("encoding") or "utf-8").strip(),
+            "header_row": 1 if header_row is None else header_row,
+            "columns": [name.strip() for name in (data.get("column_names") or "").split(",") if name.strip()],
+            "sheet": (data.get("sheet") or "").strip(),
+            "mapping": {
+                "fact_kind": kind,
+                "columns": columns,
+                "constants": constants,
+                "date_format": (data.get("date_format") or "iso").strip(),
+                "decimal_separator": data.get("decimal_separator") or ".",
+                "thousands_separator": data.get("thousands_separator") or "",
+                "period_rule": data.get("period_rule") or "calendar_month",
+                "snapshot": bool(data.get("snapshot")),
+            },
+        }
+
+    def clean(self):
+        data = super().clean()
+        if data.get("kind") != DataSource.Kind.FILE:
+            return data
+        if self.instance.pk and self.instance.kind != DataSource.Kind.FILE:
+            self.add_error(
+                "kind", "A source cannot become a file source: add a new data source of kind File."
+            )
+            return data
+        config = self.file_config()
+        try:
+            files.validate_file_config(config)
+        except mapping.ConfigInvalid as invalid:
+            for where, message in invalid.problems:
+                name = self.PROBLEM_FIELDS.get(where)
+                if name in self.fields:
+                    self.add_error(name, message)
+                else:
+                    self.add_error(None, f"{where}: {message}")
+        upload = data.get("upload")
+        if upload:
+            try:
+                files.check_size(upload.name, upload.size)
+            except ImportRejected as rejected:
+                self.add_error("upload", rejected.errors[0].reason)
+        elif not config["path"] and not (self.instance.pk and self.instance.files.exists()):
+            self.add_error("upload", "Upload a file, or give a path to read it from.")
+        self.instance.config = config
+        data["config"] = config
+        return data
+
+
+class SourceFileInline(admin.TabularInline):
+    model = SourceFile
+    extra = 0
+    fields = ("original_name", "size_shown", "sha256", "uploaded_at", "uploaded_by")
+    readonly_fields = fields
+    verbose_name = "uploaded file"
+    verbose_name_plural = "Uploaded files (the newest is loaded unless a path is set)"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Size")
+    def size_shown(self, obj: SourceFile) -> str:
+        return files.human_size(obj.size)
+
+
 @admin.register(DataSource)
 class DataSourceAdmin(admin.ModelAdmin):
+    form = DataSourceForm
     list_display = ("name", "slug", "kind", "is_active", "created_at")
     list_filter = ("kind", "is_active")
     search_fields = ("name", "slug")
     prepopulated_fields = {"slug": ("name",)}
+    change_form_template = "admin/finops/datasource/change_form.html"
+
+    FILE_FIELDSETS = (
+        (
+            "File",
+            {
+                "fields": (
+                    "upload",
+                    "path",
+                    ("file_format", "sheet"),
+                    ("delimiter", "encoding"),
+                    ("header_row", "column_names"),
+                ),
+                "description": "Where the file comes from and how to read it.",
+            },
+        ),
+        (
+            "Mapping onto facts",
+            {
+                "fields": (
+                    "fact_kind",
+                    ("date_column", "period_column"),
+                    ("date_format", "period_rule"),
+                    ("amount_column", "decimal_separator", "thousands_separator"),
+                ),
+                "description": "Column names as in the header (letter case does not matter).",
+            },
+        ),
+        (
+            "Codes: from a column, or one fixed value for every row",
+            {
+                "fields": (
+                    ("entity_column", "entity_value"),
+                    ("department_column", "department_value"),
+                    ("account_column", "account_value"),
+                    ("series_column", "series_value"),
+                    ("scenario_column", "scenario_value"),
+                    ("dimension_column", "dimension_value"),
+                    ("count_column", "count_value"),
+                    "snapshot",
+                ),
+                "description": "Financial facts need entity, department, account and scenario; operational "
+                "facts need entity, series and scenario (count defaults to 1, dimension to empty). "
+                "Codes must exist already (Entities, Departments, Accounts, Operational series, Scenarios).",
+            },
+        ),
+    )
+
+    def get_fieldsets(self, request, obj=None):
+        main = (None, {"fields": ("name", "slug", "kind", "is_active")})
+        if obj is not None and obj.kind == DataSource.Kind.FILE:
+            return (main, *self.FILE_FIELDSETS)
+        if obj is not None:
+            return (main, ("Settings", {"fields": ("config",)}))
+        config = ("Settings for other kinds (JSON)", {"fields": ("config",), "classes": ("collapse",)})
+        file_sets = tuple((f"{title} (kind File)", options) for title, options in self.FILE_FIELDSETS)
+        return (main, *file_sets, config)
+
+    def get_inlines(self, request, obj):
+        return [SourceFileInline] if obj is not None and obj.kind == DataSource.Kind.FILE else []
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        upload = form.cleaned_data.get("upload")
+        if upload and obj.kind == DataSource.Kind.FILE:
+            stored = files.store_upload(obj, upload, user=request.user)
+            self.message_user(
+                request,
+                f"Stored {stored.original_name} ({files.human_size(stored.size)}); use “Test connection / "
+                "preview” to check it before the next refresh.",
+                messages.INFO,
+            )
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:pk>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="finops_datasource_preview",
+            )
+        ]
+        return own + super().get_urls()
+
+    def preview_view(self, request, pk: int):
+        """Test connection / preview: the first rows as they would be loaded and the file's problems."""
+        source = get_object_or_404(DataSource, pk=pk)
+        if not self.has_view_permission(request, source):
+            raise PermissionDenied
+        if source.kind != DataSource.Kind.FILE:
+            self.message_user(request, "A preview is available for file sources.", messages.WARNING)
+            return redirect("admin:finops_datasource_change", pk)
+        result = files.preview(source)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Preview: {source.name}",
+            "opts": self.model._meta,
+            "original": source,
+            "preview": result,
+            "table": _preview_table(result),
+        }
+        return TemplateResponse(request, "admin/finops/datasource/preview.html", context)
+
+
+def _preview_table(result: files.Preview) -> dict:
+    """Headings and cells of the preview's first rows: each mapped field parsed, or its raw
+    cell and the reason it cannot be loaded."""
+    if not result.config:
+        return {"headings": [], "rows": []}
+    columns = result.columns
+    time_field = result.mapping.time_field
+    headings = [(name.capitalize(), column) for name, column in columns]
+    headings.insert(1, ("Period", "by the rule" if time_field == "date" else "from the column"))
+    rows = []
+    for row in result.rows:
+        reasons = {}
+        for problem in row.problems:
+            reasons.setdefault((problem.column or "").lower(), problem.reason)
+        cells = []
+        for name, column in columns:
+            reason = reasons.get(column.lower())
+            if reason:
+                shown, css = row.raw.get(name), "bad"
+            elif name in ("date", "period"):
+                shown, css = (row.day.isoformat() if row.day else None), "nowrap"
+            elif name in ("amount", "value"):
+                shown, css = row.value, "num"
+            elif name == "count":
+                shown, css = row.count, "num"
+            elif name == "dimension":
+                shown, css = row.dimension, ""
+            else:
+                shown, css = row.codes.get(name, row.raw.get(name)), ""
+            cells.append({"value": shown, "reason": reason, "css": css, "field": name})
+        period = {
+            "value": row.period.strftime("%Y-%m") if row.period else None,
+            "reason": None,
+            "css": "nowrap",
+            "field": "period",
+        }
+        cells.insert(1, period)
+        general = [problem.reason for problem in row.problems if not problem.column]
+        rows.append({"number": row.number, "ok": row.ok, "cells": cells, "general": general})
+    return {"headings": headings, "rows": rows}
 
 
 @admin.register(RefreshRun)

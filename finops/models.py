@@ -9,11 +9,14 @@ natural key per source, so loading is an idempotent replace of a source's period
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
+from django.utils.text import get_valid_filename
 
 from finops.periods import PeriodRule
 
@@ -186,6 +189,42 @@ class DataSource(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+def _source_file_path(instance: SourceFile, filename: str) -> str:
+    """Uploads live under MEDIA_ROOT/sources/<slug>/, stamped so a new upload never replaces
+    an old file on disk."""
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    return f"sources/{instance.source.slug}/{stamp}-{get_valid_filename(Path(filename).name)}"
+
+
+class SourceFile(models.Model):
+    """A file uploaded for a file data source. The newest upload is what the source loads
+    (unless its config names a path); older ones are kept as the record of what was loaded."""
+
+    source = models.ForeignKey(DataSource, on_delete=models.CASCADE, related_name="files")
+    file = models.FileField(upload_to=_source_file_path, max_length=300)
+    original_name = models.CharField(max_length=255)
+    size = models.BigIntegerField(default=0, help_text="Bytes.")
+    sha256 = models.CharField("SHA-256", max_length=64, blank=True)
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-uploaded_at", "-pk"]
+
+    def __str__(self) -> str:
+        return self.original_name
+
+    def delete(self, *args, **kwargs):
+        """Deleting the record deletes the stored file too."""
+        storage, name = self.file.storage, self.file.name
+        result = super().delete(*args, **kwargs)
+        if name:
+            storage.delete(name)
+        return result
 
 
 class RefreshRun(models.Model):

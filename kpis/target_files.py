@@ -10,9 +10,7 @@ entity, grain and period, and a row replaces the stored value).
 
 from __future__ import annotations
 
-import csv
 import io
-import zipfile
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -23,11 +21,13 @@ from django.db import transaction
 from finops.errors import ImportRejected, RowError
 from finops.models import Entity
 from finops.periods import grain_start
+from finops.sources.tabular import CSV, XLSX, TableOptions, open_table
 from kpis.models import KPI, Target
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_ROWS = 100_000
 # An XLSX is a zip: refuse one that would inflate past this (a "zip bomb") before opening it.
+# Reading (encodings, workbooks, bombs) is shared with the file data source: finops.sources.tabular.
 MAX_XLSX_UNCOMPRESSED = 200 * 1024 * 1024
 REQUIRED = ("kpi", "period", "value")
 OPTIONAL = ("grain", "entity")
@@ -47,9 +47,7 @@ def import_targets(content: bytes, *, filename: str) -> TargetImportResult:
         raise ImportRejected([RowError(filename, None, None, None, f"larger than {MAX_BYTES // 2**20} MB")])
     if not content.strip():
         raise ImportRejected([RowError(filename, None, None, None, "the file is empty")])
-    rows = (
-        _xlsx_rows(content, filename) if filename.lower().endswith(".xlsx") else _csv_rows(content, filename)
-    )
+    rows = _read_rows(content, filename)
     targets, errors = _validate(rows, filename)
     if errors:
         raise ImportRejected(errors)
@@ -76,97 +74,51 @@ def import_targets(content: bytes, *, filename: str) -> TargetImportResult:
     return TargetImportResult(rows=len(targets), created=created, updated=updated, unchanged=unchanged)
 
 
-def _csv_rows(content: bytes, filename: str) -> list[tuple[int, dict[str, str]]]:
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ImportRejected(
-            [
-                RowError(
-                    filename,
-                    None,
-                    None,
-                    None,
-                    f"not UTF-8 text (byte {error.start + 1}); save it as UTF-8 CSV",
-                )
-            ]
-        ) from None
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
-    return _with_header(list(reader), filename)
-
-
-def _xlsx_rows(content: bytes, filename: str) -> list[tuple[int, dict[str, str]]]:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(content))
-        inflated = sum(item.file_size for item in archive.infolist())
-    except zipfile.BadZipFile:
-        raise ImportRejected([RowError(filename, None, None, None, "not an XLSX workbook")]) from None
-    if inflated > MAX_XLSX_UNCOMPRESSED:
-        raise ImportRejected(
-            [
-                RowError(
-                    filename,
-                    None,
-                    None,
-                    None,
-                    f"the workbook would expand to {inflated // 2**20} MB; refused",
-                )
-            ]
-        )
-    from openpyxl import load_workbook  # imported here: only XLSX imports need it
-
-    try:
-        workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-    except Exception as error:  # openpyxl raises many kinds for a damaged workbook
-        raise ImportRejected(
-            [RowError(filename, None, None, None, f"not a readable XLSX workbook ({error})")]
-        ) from None
-    sheet = workbook.worksheets[0]
-    cells = []
-    for row in sheet.iter_rows(values_only=True):
-        cells.append(["" if v is None else (v.isoformat() if isinstance(v, date) else str(v)) for v in row])
-        if len(cells) > MAX_ROWS + 1:
-            break
-    workbook.close()
-    return _with_header(cells, filename)
-
-
-def _with_header(cells: list[list[str]], filename: str) -> list[tuple[int, dict[str, str]]]:
-    if not cells:
-        raise ImportRejected([RowError(filename, None, None, None, "the file is empty")])
-    header = [str(name).strip().lower() for name in cells[0]]
-    missing = [name for name in REQUIRED if name not in header]
-    if missing:
-        raise ImportRejected(
-            [
-                RowError(
-                    filename,
-                    1,
-                    None,
-                    ", ".join(cells[0]),
-                    f"missing column(s) {', '.join(missing)}; expected {', '.join(REQUIRED + OPTIONAL)}",
-                )
-            ]
-        )
-    if len(cells) - 1 > MAX_ROWS:
-        raise ImportRejected([RowError(filename, None, None, None, f"more than {MAX_ROWS:,} rows")])
-    rows, errors = [], []
-    for number, row in enumerate(cells[1:], start=2):
-        if not any(str(cell).strip() for cell in row):
-            continue
-        extra = [str(cell) for cell in row[len(header) :] if str(cell).strip()]
-        if extra:
-            reason = f"{len(row)} cells but {len(header)} columns"
-            errors.append(RowError(filename, number, None, ", ".join(extra), reason))
-        cells_by_name = {name: str(row[i]).strip() if i < len(row) else "" for i, name in enumerate(header)}
-        rows.append((number, cells_by_name))
+def _read_rows(content: bytes, filename: str) -> list[tuple[int, dict[str, str]]]:
+    """The file's data rows as (row number, cells by lower-case column name), read through the
+    shared safe reader (encoding, workbook and zip-bomb checks: finops.sources.tabular)."""
+    options = TableOptions(
+        format=XLSX if filename.lower().endswith(".xlsx") else CSV,
+        delimiter=None,  # sniffed: , ; tab or |
+        max_uncompressed=MAX_XLSX_UNCOMPRESSED,
+        decode_hint="save it as UTF-8 CSV",
+    )
+    with open_table(io.BytesIO(content), name=filename, options=options) as table:
+        header = [name.lower() for name in table.header]
+        missing = [name for name in REQUIRED if name not in header]
+        if missing:
+            raise ImportRejected(
+                [
+                    RowError(
+                        filename,
+                        table.header_row,
+                        None,
+                        ", ".join(table.header),
+                        f"missing column(s) {', '.join(missing)}; expected {', '.join(REQUIRED + OPTIONAL)}",
+                    )
+                ]
+            )
+        rows, errors = [], []
+        for number, cells in table.rows:
+            if len(rows) >= MAX_ROWS:
+                raise ImportRejected([RowError(filename, None, None, None, f"more than {MAX_ROWS:,} rows")])
+            texts = [_text(cell) for cell in cells]
+            extra = [text for text in texts[len(header) :] if text.strip()]
+            if extra:
+                reason = f"{len(texts)} cells but {len(header)} columns"
+                errors.append(RowError(filename, number, None, ", ".join(extra), reason))
+            rows.append(
+                (number, {name: texts[i].strip() if i < len(texts) else "" for i, name in enumerate(header)})
+            )
     if errors:
         raise ImportRejected(errors)
     return rows
+
+
+def _text(cell) -> str:
+    if cell is None:
+        return ""
+    return cell.isoformat() if isinstance(cell, date) else str(cell)
 
 
 def _validate(rows: list[tuple[int, dict[str, str]]], filename: str):

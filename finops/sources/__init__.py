@@ -24,6 +24,7 @@ class Report:
 Loader = Callable[..., LoadResult]  # load(source: DataSource, *, report: Report) -> LoadResult
 
 LOADERS: dict[str, str] = {
+    DataSource.Kind.FILE: "finops.sources.files",
     DataSource.Kind.DEMO: "finops.sources.demo",
     DataSource.Kind.ADVENTUREWORKS: "finops.sources.adventureworks",
 }
