@@ -85,3 +85,30 @@ def test_an_analysts_new_target_shows_on_the_scorecard_after_a_refresh(page, log
     assert "Off target" in row.inner_text()
     reason = row.locator("xpath=following-sibling::tr[1]").inner_text()
     assert "below the target" in reason
+
+
+def test_every_page_opens_by_keyboard_navigation_without_console_errors(page, logged_in):
+    load_demo(months=12)
+    logged_in("coo", DEMO_PASSWORD)
+    for name, heading in [
+        ("Overview", "Overview"),
+        ("Scorecard", "Aligned scorecard"),
+        ("Departments", "Departments"),
+        ("Map", "Alignment map"),
+        ("Gaps", "Alignment gaps"),
+        ("Data", "Data"),
+    ]:
+        link = page.locator(".mainnav").get_by_role("link", name=name, exact=True)
+        link.focus()
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        assert page.get_by_role("heading", level=1).inner_text() == heading, page.url
+    # The map is a drawn picture, not an empty div.
+    page.goto("/alignment/map/")
+    page.locator("div.chart .main-svg").first.wait_for()
+    assert page.locator("div.chart .scatterlayer .trace").count() > 3
+    # A department's own scorecard, reached from the index.
+    page.goto("/departments/")
+    page.locator("main").get_by_role("link", name="Operations").first.click()
+    page.wait_for_url("**/departments/**")
+    assert "Operations" in page.get_by_role("heading", level=1).inner_text()
