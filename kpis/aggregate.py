@@ -134,13 +134,19 @@ def operational_totals(measures: Iterable[Measure], months: list[date] | None = 
     by_series: dict[int, list[Measure]] = defaultdict(list)
     for measure in wanted:
         by_series[measure.series_id].append(measure)
+    readers = {
+        series_id: [(m.pk, 4 if m.kind == Measure.Kind.SERIES_VALUE else 5) for m in series_measures]
+        for series_id, series_measures in by_series.items()
+    }
     totals: MonthlyTotals = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for series_id, scenario_id, entity_id, period, value_sum, count_sum in cursor.fetchall():
-            for measure in by_series[series_id]:
-                raw = value_sum if measure.kind == Measure.Kind.SERIES_VALUE else count_sum
-                totals[(measure.pk, scenario_id, entity_id, _as_date(period))] = _as_decimal(raw)
+        rows = cursor.fetchall()
+    for row in rows:
+        series_id, scenario_id, entity_id, period = row[:4]
+        period = _as_date(period)
+        for measure_id, column in readers[series_id]:
+            totals[(measure_id, scenario_id, entity_id, period)] = _as_decimal(row[column])
     return totals
 
 
@@ -157,13 +163,22 @@ def _fetch(sql: str, params: list) -> MonthlyTotals:
 
 
 def _hash_memory(cursor) -> Callable[[], None]:
-    """Enough memory for the GROUP BY's hash table (tens of thousands of groups) not to spill
-    to disk, for one query; returns what puts the setting back."""
+    """Settings for one big GROUP BY; returns what puts them back.
+
+    Enough memory for the hash table (tens of thousands of groups) not to spill to disk, and
+    no JIT compilation: the scan is far above the JIT cost threshold, and compiling it (in
+    every parallel worker) costs more than it saves on millions of rows."""
     if connection.vendor != "postgresql":
         return lambda: None
-    cursor.execute("SELECT current_setting('work_mem'), set_config('work_mem', %s, true)", [WORK_MEM])
-    previous = cursor.fetchone()[0]
-    return lambda: cursor.execute("SELECT set_config('work_mem', %s, true)", [previous])
+    cursor.execute(
+        "SELECT current_setting('work_mem'), current_setting('jit'), "
+        "set_config('work_mem', %s, true), set_config('jit', 'off', true)",
+        [WORK_MEM],
+    )
+    work_mem, jit = cursor.fetchone()[:2]
+    return lambda: cursor.execute(
+        "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", [work_mem, jit]
+    )
 
 
 def _as_date(value) -> date:  # SQLite returns ISO strings from raw SQL

@@ -30,15 +30,17 @@ thus writes nothing and costs little more than its one scan of the facts.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
+import gc
 import io
 import json
 import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
@@ -52,7 +54,7 @@ from django.db import connection, models, transaction
 from finops.models import CurrencyRate, Entity, RefreshRun, Scenario
 from finops.periods import add_months, grain_months, grain_start, month_range
 from kpis.aggregate import financial_totals, operational_totals
-from kpis.formula import EvalContext, Formula, evaluate, evaluation_order, lookback, parse
+from kpis.formula import EvalContext, Formula, evaluate_in_order, evaluation_order, lookback, parse
 from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, Target
 from kpis.status import Thresholds, status_for, variance
 
@@ -144,6 +146,26 @@ def recompute(*, run: RefreshRun | None = None, months: Iterable[date] | None = 
     The result is what recomputing everything from the facts gives; what is written is only
     what differs from the stored values (see the module docstring for what is skipped when).
     """
+    with _no_cycle_collection():
+        return _recompute(run, months)
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector stays off while a recompute runs. A recompute makes many
+    small objects (keys, Decimals) that reference counting frees; they would otherwise set off
+    collections of the whole heap, each as long as a one-month recompute itself. Whatever
+    cycles it leaves are collected as usual afterwards."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineResult:
     result = EngineResult()
     clock = time.monotonic()
 
@@ -180,7 +202,7 @@ def recompute(*, run: RefreshRun | None = None, months: Iterable[date] | None = 
 
     with transaction.atomic():
         result.measure_values = _store_measures(values, run)
-        inserted, updated, deleted = _store_kpis(kpi_values, run)
+        inserted, updated, deleted = _store_kpis(kpi_values, book, run)
     result.kpi_values = len(kpi_values)
     result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
     lap("store")
@@ -205,33 +227,47 @@ def _recompute_changes(
     years are re-derived, and each KPI is evaluated and written only for the periods they can
     reach (``_Reach``), or everywhere for a KPI whose definition changed.
     """
+    stored = _StoredMeasures()
+    shape: _StoredShape | None = None
+    fiscal_start = book.fiscal_start
     if requested is None:  # every month was re-aggregated: compare them all with storage
         monthly = fresh
-        stored = _stored_values(["month"])
-        changed = _changed_months(monthly, stored)
         loaded = _loaded_months(monthly)
+        changed = _changed_months(monthly, _stored_months_as_text(), loaded)
     else:  # the other months are as stored
-        stored = _stored_values(["month"], requested)
-        changed = {key[4] for key, (value, note) in fresh.items() if stored.get(key) != (value, note[:300])}
-        changed.update(key[4] for key in stored.keys() - fresh.keys())
-        others = _month_ranges(excluding=requested)
-        before = _extend_ranges(others, stored)
-        after = _extend_ranges(others, fresh)
-        loaded = {scenario: set(month_range(*bounds)) for scenario, bounds in after.items()}
-        for scenario_id in before.keys() | after.keys():  # months entering or leaving the data range
-            old = set(month_range(*before[scenario_id])) if scenario_id in before else set()
+        asked = set(requested)
+        # One read: the months of the requested months' fiscal years (their quarters and years
+        # are re-derived from them), and those quarters and years as stored.
+        stored.get(
+            {("month", month) for month in _year_months(asked, fiscal_start)}
+            | {(grain, grain_start(month, grain, fiscal_start)) for month in asked for grain in GRAINS}
+        )
+        before = stored.get(("month", month) for month in asked)
+        changed = {key[4] for key, (value, note) in fresh.items() if before.get(key) != (value, note[:300])}
+        changed.update(key[4] for key in before.keys() - fresh.keys())
+        shape = _StoredShape.read(excluding=requested)
+        others = shape.month_ranges()
+        old_ranges = _extend_ranges(others, before)
+        new_ranges = _extend_ranges(others, fresh)
+        loaded = {scenario: set(month_range(*bounds)) for scenario, bounds in new_ranges.items()}
+        for scenario_id in old_ranges.keys() | new_ranges.keys():  # months entering or leaving the range
+            old = set(month_range(*old_ranges[scenario_id])) if scenario_id in old_ranges else set()
             changed |= old ^ loaded.get(scenario_id, set())
-        years = {grain_start(month, "year", book.fiscal_start) for month in changed}
-        around = [add_months(year, n) for year in years for n in range(12)]
-        skip = set(requested)
-        monthly = {
-            key: value for key, value in _stored_values(["month"], around).items() if key[4] not in skip
-        }
+        around = stored.get(("month", month) for month in _year_months(changed, fiscal_start))
+        monthly = {key: value for key, value in around.items() if key[4] not in asked}
         monthly.update(fresh)
-    reach = _Reach(changed, book, trust.dirty)
+    periods = {grain: {grain_start(month, grain, fiscal_start) for month in changed} for grain in GRAINS}
     measure_rows = {key: value for key, value in monthly.items() if key[4] in changed}
-    derived = _derive_grains(monthly, book.behaviour_of, book.fiscal_start, reach.measures, loaded)
-    measure_rows.update(derived)
+    measure_rows.update(_derive_grains(monthly, book.behaviour_of, fiscal_start, periods, loaded))
+    # What differs from storage, exactly: only that is written. When no value appeared or went
+    # (the periods with data are as they were), only the KPIs that read a changed measure can
+    # change, and no stored KPI value can be left without a period.
+    before = stored.get((grain, period) for grain, starts in periods.items() for period in starts)
+    rows = {key: (value, note[:300]) for key, (value, note) in measure_rows.items()}
+    written = {key: value for key, value in rows.items() if before.get(key) != value}
+    gone = before.keys() - rows.keys()
+    moved = bool(gone) or any(key not in before for key in written)
+    reach = _Reach(changed, book, trust.dirty, None if moved else {key[0] for key in written})
     lap("measures")
 
     kpi_rows: dict[KPIKey, _KPIResult] = {}
@@ -240,7 +276,8 @@ def _recompute_changes(
         stored = _stored_needed(reach.needs(book))
         values = {key: value for key, value in stored.items() if key[4] not in reach.measures[key[3]]}
         values.update(measure_rows)
-        outlines = _outlines(_Shape.of(monthly, changed, requested), window, reach, measure_rows, book)
+        shape = shape or _StoredShape.read(excluding=[])
+        outlines = _outlines(_Shape.of(monthly, requested, shape), window, reach, measure_rows, book, shape)
         kpi_values = _evaluate_kpis(values, book, wanted=reach.evaluated, outlines=outlines)
         lap("formulas")
         _attach_targets(kpi_values, book.kpis, book.fiscal_start)
@@ -248,8 +285,9 @@ def _recompute_changes(
         lap("targets")
 
     with transaction.atomic():
-        result.measure_values = _store_measures(measure_rows, run, scope=reach.measure_scope())
-        inserted, updated, deleted = _store_kpis(kpi_rows, run, scope=reach.kpi_scope())
+        _store_measures(written, run, scope=_Scope(MEASURE_KEY, set(written) | gone))
+        result.measure_values = len(written) + len(gone)
+        inserted, updated, deleted = _store_kpis(kpi_rows, book, run, scope=reach.kpi_scope(shrinks=moved))
         if trust.inactive:  # values of KPIs no longer active
             deleted += KPIValue.objects.filter(kpi_id__in=sorted(trust.inactive)).delete()[0]
     result.kpi_values = len(kpi_rows)
@@ -299,29 +337,33 @@ def _roll_up_entities(
     own: dict[tuple[int, int, date], dict[int, Decimal]] = defaultdict(dict)
     for (measure_id, scenario_id, entity_id, period), amount in leaf.items():
         own[(measure_id, scenario_id, period)][entity_id] = amount
+    alone = {pk for pk, members in tree.subtree.items() if len(members) == 1}
+    parents = [(pk, members) for pk, members in tree.subtree.items() if len(members) > 1]
+    currency = {pk: entity.currency for pk, entity in tree.entities.items()}
     out: Values = {}
     for (measure_id, scenario_id, period), amounts in own.items():
         measure = by_measure[measure_id]
+        multiplier = None if measure.multiplier == 1 else measure.multiplier
         money = measure.kind == Measure.Kind.ACCOUNT and measure.unit == "currency"
-        for node_id, members in tree.subtree.items():
-            if len(members) == 1:  # an entity without children: its own amount, in its currency
-                amount = amounts.get(node_id)
-                if amount is not None:
-                    value = (amount * measure.multiplier).quantize(VALUE_PLACES)
-                    out[(measure_id, scenario_id, node_id, "month", period)] = (value, "")
-                continue
+        for node_id, amount in amounts.items():  # an entity without children: its own amount
+            if node_id in alone:
+                value = amount if multiplier is None else amount * multiplier
+                out[(measure_id, scenario_id, node_id, "month", period)] = (value.quantize(VALUE_PLACES), "")
+        for node_id, members in parents:
             present = [e for e in members if e in amounts]
             if not present:
                 continue
-            node_currency = tree.entities[node_id].currency
+            node_currency = currency[node_id]
             total, note = Decimal(0), ""
             for entity_id in present:
-                amount = amounts[entity_id] * measure.multiplier
-                currency = tree.entities[entity_id].currency
-                if money and currency != node_currency:
-                    factor = _conversion(currency, node_currency, period, measure.time_behaviour, rates)
+                amount = amounts[entity_id] if multiplier is None else amounts[entity_id] * multiplier
+                if money and currency[entity_id] != node_currency:
+                    factor = _conversion(
+                        currency[entity_id], node_currency, period, measure.time_behaviour, rates
+                    )
                     if factor is None:
-                        total, note = None, f"no {currency} to {node_currency} rate for {period:%b %Y}"
+                        total = None
+                        note = f"no {currency[entity_id]} to {node_currency} rate for {period:%b %Y}"
                         break
                     amount *= factor
                 total += amount
@@ -445,15 +487,50 @@ def _with_users(dirty: set[int], book: _Book) -> set[int]:
     return dirty | {kpi.pk for kpi in book.kpis if kpi.code in codes}
 
 
-def _changed_months(monthly: Values, stored: Values) -> set[date]:
+def _changed_months(
+    monthly: Values, stored: dict[MeasureKey, tuple], loaded: dict[int, set[date]]
+) -> set[date]:
     """Months whose values differ from the stored ones, and months that enter or leave a
-    scenario's data range (they change which quarters and years are partial)."""
-    changed = {key[4] for key, (value, note) in monthly.items() if stored.get(key) != (value, note[:300])}
+    scenario's data range (they change which quarters and years are partial). ``stored`` has
+    each value as its text when it comes from :func:`_stored_months_as_text`; ``loaded`` is
+    ``monthly``'s data range."""
+    as_text = next((isinstance(value, str) for value, _ in stored.values() if value is not None), False)
+    changed: set[date] = set()
+    for key, (value, note) in monthly.items():
+        if key[4] in changed:
+            continue
+        old = stored.get(key)
+        if old is None or old[0] != (_numeric_text(value) if as_text else value) or old[1] != note[:300]:
+            changed.add(key[4])
     changed.update(key[4] for key in stored.keys() - monthly.keys())
-    before, after = _loaded_months(stored), _loaded_months(monthly)
+    before, after = _loaded_months(stored), loaded
     for scenario_id in before.keys() | after.keys():
         changed |= before.get(scenario_id, set()) ^ after.get(scenario_id, set())
     return changed
+
+
+def _stored_months_as_text() -> dict[MeasureKey, tuple]:
+    """Every stored month value, with the value as PostgreSQL's text of it (``numeric(24, 6)``:
+    six decimals); elsewhere as Decimal. Reading a number as text is several times cheaper
+    than as a Decimal, and equal text is an equal number."""
+    if connection.vendor != "postgresql":
+        return _stored_values(["month"])
+    table = MeasureValue._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT measure_id, scenario_id, entity_id, period, value::text, note FROM {table} "  # noqa: S608
+            "WHERE grain = 'month'"
+        )
+        rows = cursor.fetchall()
+    return {(m, s, e, "month", p): (value, note) for m, s, e, p, value, note in rows}
+
+
+def _numeric_text(value: Decimal | None) -> str | None:
+    """The text PostgreSQL gives for ``value`` stored as ``numeric(24, 6)``, for a value with
+    six decimals (any other is then seen as changed, which costs time, not correctness)."""
+    if value is None:
+        return None
+    return "0.000000" if not value else format(value, "f")
 
 
 class _Reach:
@@ -461,10 +538,14 @@ class _Reach:
 
     A month changes its own month, quarter and year measure values. A KPI value at period p
     reads periods p - lookback .. p, so a changed period q reaches q .. q + lookback; a KPI
-    whose target is last year's value plus N % reaches a year further.
+    whose target is last year's value plus N % reaches a year further. With ``measures`` (the
+    measures whose values changed, when no value appeared or went), a KPI that reads none of
+    them, directly or through other KPIs, is not reached at all.
     """
 
-    def __init__(self, changed: set[date], book: _Book, dirty: set[int]) -> None:
+    def __init__(
+        self, changed: set[date], book: _Book, dirty: set[int], measures: set[int] | None = None
+    ) -> None:
         self.measures: dict[str, set[date]] = {
             grain: {grain_start(month, grain, book.fiscal_start) for month in changed} for grain in GRAINS
         }
@@ -472,12 +553,15 @@ class _Reach:
         self.kpis: dict[tuple[int, str], set[date] | None] = {}  # None: every period
         self.helpers: dict[tuple[int, str], set[date]] = {}  # a year before, for last-year targets
         self.lookbacks: dict[tuple[int, str], int] = {}
+        reads = _reads(book)
+        touched = None if measures is None else {m.code for m in book.measures if m.pk in measures}
         for kpi in book.kpis:
+            untouched = touched is not None and kpi.code in reads and not reads[kpi.code] & touched
             for grain in GRAINS:
                 if kpi.pk in dirty:
                     self.kpis[(kpi.pk, grain)] = None
                     continue
-                if not self.measures[grain]:
+                if not self.measures[grain] or untouched:
                     continue
                 step = STEP[grain]
                 reach = self.lookbacks[(kpi.pk, grain)] = lookback(
@@ -547,18 +631,64 @@ class _Reach:
         periods = self.kpis.get((kpi_id, grain), set())
         return periods is None or period in periods
 
-    def measure_scope(self) -> _Scope:
-        keys = {(grain, period) for grain, periods in self.measures.items() for period in periods}
-        return _Scope(("grain", "period"), keys)
-
-    def kpi_scope(self) -> _Scope:
+    def kpi_scope(self, *, shrinks: bool = True) -> _Scope:
+        """The stored KPI values the written ones replace; ``shrinks``: some of them may be
+        gone (a period lost or gained its data), else every one of them is written again."""
         keys = {
             (kpi_id, grain, period)
             for (kpi_id, grain), periods in self.kpis.items()
             if periods is not None
             for period in periods
         }
-        return _Scope(("kpi_id", "grain", "period"), keys, set(self.dirty))
+        return _Scope(("kpi_id", "grain", "period"), keys, set(self.dirty), shrinks=shrinks)
+
+
+class _StoredMeasures:
+    """Stored measure values, read by (grain, period) as they are needed, each pair once."""
+
+    def __init__(self) -> None:
+        self.by_period: dict[tuple[str, date], Values] = defaultdict(dict)
+        self.pairs: set[tuple[str, date]] = set()  # read
+        self.grains: set[str] = set()  # read whole
+
+    def grain(self, grain: str) -> Values:
+        """Every stored value of one grain."""
+        if grain not in self.grains:
+            self._add(_stored_values([grain]))
+            self.grains.add(grain)
+        return {
+            key: value
+            for (g, _), values in self.by_period.items()
+            if g == grain
+            for key, value in values.items()
+        }
+
+    def get(self, pairs: Iterable[tuple[str, date]]) -> Values:
+        """The stored values of these (grain, period) pairs."""
+        pairs = set(pairs)
+        missing = sorted(pair for pair in pairs - self.pairs if pair[0] not in self.grains)
+        if missing:
+            found = models.Q(pk__in=[])
+            for grain in GRAINS:
+                starts = [period for name, period in missing if name == grain]
+                if starts:
+                    found |= models.Q(grain=grain, period__in=starts)
+            self._add(_rows(MeasureValue.objects.filter(found)))
+            self.pairs.update(missing)
+        out: Values = {}
+        for pair in pairs:
+            out.update(self.by_period.get(pair, {}))
+        return out
+
+    def _add(self, values: Values) -> None:
+        for key, value in values.items():
+            self.by_period[(key[3], key[4])][key] = value
+
+
+def _year_months(months: Iterable[date], fiscal_start: int) -> set[date]:
+    """Every month of the fiscal years of these months."""
+    years = {grain_start(month, "year", fiscal_start) for month in months}
+    return {add_months(year, n) for year in years for n in range(12)}
 
 
 def _stored_values(grains: Iterable[str], periods: Iterable[date] | None = None) -> Values:
@@ -603,24 +733,16 @@ def _outlines(
     reach: _Reach,
     recomputed: Values,
     book: _Book,
+    stored: _StoredShape,
 ) -> dict[str, _Outline]:
     """The outline of each grain's series, cut to the window: from the stored periods with
-    data, but those just recomputed, which come from ``recomputed``."""
+    data, but those just recomputed, which come from ``recomputed``. (Periods outside the
+    window are outside every series' rows.)"""
     code_of = {m.pk: m.code for m in book.measures}
-    found = models.Q(pk__in=[])
-    for grain, bounds in window.items():
-        found |= models.Q(grain=grain) if bounds is None else models.Q(grain=grain, period__range=bounds)
-    partial = models.Case(models.When(note__startswith="partial", then=1), default=0)
-    stored = (
-        MeasureValue.objects.filter(found)
-        .values_list("scenario_id", "entity_id", "grain", "period")
-        .annotate(partial=models.Max(partial))
-        .order_by()
-    )
     periods: dict[str, dict[tuple[int, int, int], bool]] = {grain: {} for grain in window}
-    for scenario_id, entity_id, grain, period, is_partial in stored:
-        if period not in reach.measures[grain]:
-            periods[grain][(scenario_id, entity_id, _month_number(period))] = bool(is_partial)
+    for (scenario_id, entity_id, grain, period), is_partial in stored.periods.items():
+        if grain in periods and period not in reach.measures[grain]:
+            periods[grain][(scenario_id, entity_id, _month_number(period))] = is_partial
     for (_measure, scenario_id, entity_id, grain, period), (_value, note) in recomputed.items():
         if grain in periods:
             key = (scenario_id, entity_id, _month_number(period))
@@ -651,7 +773,10 @@ class _Shape:
     months: dict[tuple[int, int], tuple[date, date]]
 
     @classmethod
-    def of(cls, monthly: Values, changed: set[date], requested: list[date] | None) -> _Shape:
+    def of(cls, monthly: Values, requested: list[date] | None, stored: _StoredShape) -> _Shape:
+        """From ``monthly`` when it has every month (``requested`` is None), else from the
+        stored months but the requested ones (``stored`` leaves them out) and their values in
+        ``monthly``."""
         codes: dict[tuple[int, int], set[int]] = defaultdict(set)
         months: dict[tuple[int, int], tuple[date, date]] = {}
 
@@ -663,29 +788,75 @@ class _Shape:
         if requested is None:  # ``monthly`` has every month
             rows = [(m, s, e, p, p) for m, s, e, _g, p in monthly]
         else:
-            rows = list(
-                MeasureValue.objects.filter(grain="month")
-                .exclude(period__in=sorted(changed))
-                .values_list("measure_id", "scenario_id", "entity_id")
-                .annotate(first=models.Min("period"), last=models.Max("period"))
-                .order_by()
-            )
-            rows += [(m, s, e, p, p) for m, s, e, _g, p in monthly if p in changed]
+            asked = set(requested)
+            rows = stored.ranges + [(m, s, e, p, p) for m, s, e, _g, p in monthly if p in asked]
         for measure_id, scenario_id, entity_id, first, last in rows:
             add(measure_id, (scenario_id, entity_id), first, last)
         return cls(dict(codes), months)
 
 
-def _month_ranges(*, excluding: list[date]) -> dict[int, tuple[date, date]]:
-    """First and last month with a stored value, per scenario, leaving out some months."""
-    rows = (
-        MeasureValue.objects.filter(grain="month")
-        .exclude(period__in=excluding)
-        .values_list("scenario_id")
-        .annotate(first=models.Min("period"), last=models.Max("period"))
-        .order_by()
-    )
-    return {scenario_id: (first, last) for scenario_id, first, last in rows}
+@dataclass
+class _StoredShape:
+    """The stored measure values' shape, from one pass over them: each (measure, scenario,
+    entity)'s first and last month, leaving some months out, and each (scenario, entity, grain,
+    period) with a value, and whether it is partial."""
+
+    ranges: list[tuple[int, int, int, date, date]]
+    periods: dict[tuple[int, int, str, date], bool]
+
+    @classmethod
+    def read(cls, *, excluding: Iterable[date]) -> _StoredShape:
+        excluding = sorted(set(excluding))
+        if connection.vendor != "postgresql":
+            return cls._read_orm(excluding)
+        table = MeasureValue._meta.db_table
+        outside = "grain = 'month' AND NOT (period = ANY(%s::date[]))"
+        sql = f"""
+            SELECT GROUPING(measure_id), measure_id, scenario_id, entity_id, grain, period,
+                   MIN(period) FILTER (WHERE {outside}), MAX(period) FILTER (WHERE {outside}),
+                   bool_or(note LIKE 'partial%%')
+            FROM {table}
+            GROUP BY GROUPING SETS (
+                (measure_id, scenario_id, entity_id), (scenario_id, entity_id, grain, period)
+            )
+        """  # noqa: S608 - only our own table name is interpolated
+        ranges, periods = [], {}
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [excluding, excluding])
+            for by_period, measure_id, scenario_id, entity_id, grain, period, first, last, partial in cursor:
+                if by_period:
+                    periods[(scenario_id, entity_id, grain, period)] = partial
+                elif first is not None:
+                    ranges.append((measure_id, scenario_id, entity_id, first, last))
+        return cls(ranges, periods)
+
+    @classmethod
+    def _read_orm(cls, excluding: list[date]) -> _StoredShape:
+        ranges = list(
+            MeasureValue.objects.filter(grain="month")
+            .exclude(period__in=excluding)
+            .values_list("measure_id", "scenario_id", "entity_id")
+            .annotate(first=models.Min("period"), last=models.Max("period"))
+            .order_by()
+        )
+        partial = models.Case(models.When(note__startswith="partial", then=1), default=0)
+        periods = {
+            (scenario_id, entity_id, grain, period): bool(is_partial)
+            for scenario_id, entity_id, grain, period, is_partial in MeasureValue.objects.values_list(
+                "scenario_id", "entity_id", "grain", "period"
+            )
+            .annotate(partial=models.Max(partial))
+            .order_by()
+        }
+        return cls(ranges, periods)
+
+    def month_ranges(self) -> dict[int, tuple[date, date]]:
+        """First and last month with a stored value (leaving those months out), per scenario."""
+        out: dict[int, tuple[date, date]] = {}
+        for _measure, scenario_id, _entity, first, last in self.ranges:
+            old = out.get(scenario_id, (first, last))
+            out[scenario_id] = (min(old[0], first), max(old[1], last))
+        return out
 
 
 def _extend_ranges(ranges: dict[int, tuple[date, date]], values: Values) -> dict[int, tuple[date, date]]:
@@ -713,6 +884,8 @@ def _derive_grains(
     quarters and years, and not the months (``monthly`` then needs only their months, and
     ``loaded`` says each scenario's data range).
     """
+    if only is not None and not any(only.get(grain) for grain in ("quarter", "year")):
+        return {}
     loaded = _loaded_months(monthly) if loaded is None else loaded
     values = dict(monthly) if only is None else {}
     starts: dict[date, list[tuple[str, date]]] = {}  # month -> the quarters and years it goes into
@@ -721,32 +894,41 @@ def _derive_grains(
         starts[period] = [(grain, start) for grain, start in into if only is None or start in only[grain]]
     groups: dict[tuple[int, int, int, str, date], list[tuple[date, Decimal | None, str]]] = defaultdict(list)
     for (measure_id, scenario_id, entity_id, _grain, period), (value, note) in monthly.items():
-        for grain, start in starts[period]:
-            groups[(measure_id, scenario_id, entity_id, grain, start)].append((period, value, note))
+        into = starts[period]
+        if into:
+            for grain, start in into:
+                groups[(measure_id, scenario_id, entity_id, grain, start)].append((period, value, note))
+    partial: dict[tuple[int, str, date], str] = {}  # (scenario, grain, start) -> note
+
+    def partial_note(scenario_id: int, grain: str, start: date) -> str:
+        found = partial.get((scenario_id, grain, start))
+        if found is None:
+            expected = grain_months(start, grain)
+            have = len(loaded.get(scenario_id, set()).intersection(expected))
+            found = f"partial: {have} of {len(expected)} months loaded" if have < len(expected) else ""
+            partial[(scenario_id, grain, start)] = found
+        return found
+
+    balances = {pk for pk, kind in behaviour.items() if kind == "balance"}
     for key, months in groups.items():
         measure_id, scenario_id, _entity_id, grain, start = key
         months.sort()
-        expected = grain_months(start, grain)
-        have = [m for m in expected if m in loaded.get(scenario_id, set())]
-        notes = [note for _, _, note in months if note]
         if any(value is None for _, value, _ in months):
+            notes = [note for _, _, note in months if note]
             values[key] = (None, notes[0] if notes else "an input month has no value")
             continue
-        if behaviour.get(measure_id) == "balance":
-            value = months[-1][1]
-        else:
-            value = sum((v for _, v, _ in months), Decimal(0))
-        note = f"partial: {len(have)} of {len(expected)} months loaded" if len(have) < len(expected) else ""
-        values[key] = (value, note)
+        value = months[-1][1] if measure_id in balances else sum((v for _, v, _ in months), Decimal(0))
+        values[key] = (value, partial_note(scenario_id, grain, start))
     return values
 
 
 def _loaded_months(monthly: Values) -> dict[int, set[date]]:
     """Months inside each scenario's data range (first to last month with any value)."""
-    seen: dict[int, set[date]] = defaultdict(set)
+    bounds: dict[int, tuple[date, date]] = {}
     for scenario_id, period in {(key[1], key[4]) for key in monthly}:
-        seen[scenario_id].add(period)
-    return {scenario: set(month_range(min(months), max(months))) for scenario, months in seen.items()}
+        first, last = bounds.get(scenario_id, (period, period))
+        bounds[scenario_id] = (min(first, period), max(last, period))
+    return {scenario: set(month_range(first, last)) for scenario, (first, last) in bounds.items()}
 
 
 # --- formulas -----------------------------------------------------------------------------
@@ -773,6 +955,7 @@ class _Frame:
     """
 
     frame: pd.DataFrame  # index (scenario, entity, period start); a column per measure code
+    data: np.ndarray  # the frame's values, a column per measure code
     scenario: np.ndarray  # of each row
     entity: np.ndarray
     month: np.ndarray  # period start as year * 12 + month - 1
@@ -929,7 +1112,7 @@ def _stack(
     starts = (row_month - 1970 * 12).astype("datetime64[M]").astype("datetime64[ns]")
     index = pd.MultiIndex.from_arrays([row_scenario, row_entity, pd.DatetimeIndex(starts)])
     frame = pd.DataFrame(data, index=index, columns=columns)
-    return _Frame(frame, row_scenario, row_entity, row_month, own, partial_rows, missing)
+    return _Frame(frame, data, row_scenario, row_entity, row_month, own, partial_rows, missing)
 
 
 def _evaluate_kpis(
@@ -946,9 +1129,10 @@ def _evaluate_kpis(
     for grain, stacked in _frames(values, book, outlines).items():
         frame = stacked.frame
         context = book.context(grain, stacked.missing)
-        columns = {name: frame[name].to_numpy() for name in frame.columns}
+        columns = {name: stacked.data[:, j] for j, name in enumerate(frame.columns)}
         scenarios, entities = stacked.scenario.tolist(), stacked.entity.tolist()
-        for code in book.order:
+        needed = [(code, book.formulas[code]) for code in _needed(book, grain, wanted)]
+        for code, numbers, reasons in evaluate_in_order(needed, frame, context=context):
             kpi = by_code[code]
             periods = wanted(kpi.pk, grain) if wanted is not None else None
             if periods is not None and not periods:
@@ -958,13 +1142,9 @@ def _evaluate_kpis(
             else:
                 months = [period.year * 12 + period.month - 1 for period in periods]
                 rows = np.flatnonzero(stacked.own & np.isin(stacked.month, months))
-            result = evaluate(book.formulas[code], frame, context=context)
-            numbers = result.values.to_numpy(dtype="float64")  # noqa: PD011 - EvalResult.values is a Series
-            frame[code] = numbers
             columns[code] = numbers
             if not len(rows):
                 continue
-            reasons = result.reasons.to_numpy()
             names = [name for name in sorted(book.formulas[code].names) if name in columns]
             inputs = [columns[name][rows].tolist() for name in names]
             for n, i in enumerate(rows.tolist()):
@@ -983,6 +1163,20 @@ def _evaluate_kpis(
                     partial=bool(stacked.partial[i]),
                 )
     return out
+
+
+def _needed(book: _Book, grain: str, wanted: Callable[[int, str], set[date] | None] | None) -> list[str]:
+    """The KPIs to evaluate at a grain, in order: those with results wanted, and the KPIs
+    their formulas use (read as columns, with their own reasons for empty values)."""
+    if wanted is None:
+        return book.order
+    kpis, needed = book.by_code, set()
+    for code in reversed(book.order):  # each KPI comes before the KPIs it uses
+        periods = wanted(kpis[code].pk, grain)
+        if code in needed or periods is None or periods:
+            needed.add(code)
+            needed |= book.formulas[code].names & book.formulas.keys()
+    return [code for code in book.order if code in needed]
 
 
 # --- targets ------------------------------------------------------------------------------
@@ -1103,9 +1297,9 @@ def _store_measures(values: Values, run: RefreshRun | None, scope: _Scope | None
 
 
 def _store_kpis(
-    results: dict[KPIKey, _KPIResult], run: RefreshRun | None, scope: _Scope | None = None
+    results: dict[KPIKey, _KPIResult], book: _Book, run: RefreshRun | None, scope: _Scope | None = None
 ) -> tuple[int, int, int]:
-    versions = dict(KPI.objects.values_list("pk", "formula_version"))
+    versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
     rows = {}
     for key, result in results.items():
         diff, diff_pct = variance(result.value, result.target)
@@ -1133,6 +1327,7 @@ class _Scope:
     fields: tuple[str, ...]
     keys: set[tuple] = field(default_factory=set)
     whole: set = field(default_factory=set)
+    shrinks: bool = True  # False: every stored row of ``keys`` is among the rows (none to delete)
 
     def __bool__(self) -> bool:
         return bool(self.keys or self.whole)
@@ -1170,11 +1365,19 @@ def _sync_orm(
     run: RefreshRun | None,
     scope: _Scope | None,
 ) -> tuple[int, int, int]:
-    query = model.objects.all() if scope is None else model.objects.filter(scope.q())
+    if scope is None:
+        query = model.objects.all()
+    elif scope.fields == key_fields:  # whole keys: read by their first field, keep those asked for
+        firsts = {key[0] for key in scope.keys} | scope.whole
+        query = model.objects.filter(**{f"{key_fields[0]}__in": sorted(firsts)})
+    else:
+        query = model.objects.filter(scope.q())
     stored = {
         tuple(row[1 : 1 + len(key_fields)]): (row[0], row[1 + len(key_fields) :])
         for row in query.values_list("id", *key_fields, *fields).iterator(chunk_size=BATCH)
     }
+    if scope is not None and scope.fields == key_fields:
+        stored = {key: old for key, old in stored.items() if key in scope.keys or key[0] in scope.whole}
     to_insert, to_update = [], []
     for key, values in rows.items():
         old = stored.pop(key, None)
@@ -1200,76 +1403,147 @@ def _sync_postgresql(
     scope: _Scope | None,
 ) -> tuple[int, int, int]:
     """The same with set-based SQL: COPY the rows into a temporary table and let PostgreSQL
-    compare. (A bulk_update's CASE over thousands of ids is slow to plan and to JIT-compile.)"""
+    compare. (A bulk_update's CASE over thousands of ids is slow to plan and to JIT-compile.)
+
+    Into an empty table (the first refresh) the rows are copied straight in. Stored rows the
+    rows no longer have are found by an anti-join with the staged rows, but for a scope of
+    whole keys, where they are known already, and for a scope that does not shrink."""
     table = model._meta.db_table
     stage = f"{table}_stage"
     columns = ", ".join([*key_fields, *fields])
     kinds = [model._meta.get_field(name) for name in fields]
     text_fields = [f.column for f in kinds if isinstance(f, models.CharField | models.TextField)]
-    as_json = [i for i, f in enumerate(kinds) if isinstance(f, models.JSONField)]
+    force = f", FORCE_NOT_NULL ({', '.join(text_fields)})" if text_fields else ""
+    run_id = run.pk if run is not None else None
+    whole_keys = scope is not None and scope.fields == key_fields
+    gone = scope.keys - rows.keys() if whole_keys else set()
+    anti_join = scope is None or bool(scope.whole) or (bool(scope.keys) and scope.shrinks and not whole_keys)
+    deleted = 0
+    with connection.cursor() as cursor:
+        if scope is None and rows:
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")  # noqa: S608
+            if not cursor.fetchone()[0]:
+                buffer = _csv_rows(rows, kinds, tail=(run_id,))
+                cursor.cursor.copy_expert(
+                    f"COPY {table} ({columns}, refresh_run_id) FROM STDIN WITH (FORMAT csv{force})", buffer
+                )
+                return len(rows), 0, 0
+        if rows or anti_join:
+            cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA"  # noqa: S608
+            )
+            if rows:
+                buffer = _csv_rows(rows, kinds)
+                cursor.cursor.copy_expert(
+                    f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv{force})", buffer
+                )
+        if anti_join:
+            deleted += _delete_missing(cursor, model, table, stage, key_fields, scope, whole_keys)
+        if gone:
+            types = [model._meta.get_field(name).db_type(connection) for name in key_fields]
+            arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+            matches = " AND ".join(f"t.{name} = sc.{name}" for name in key_fields)
+            cursor.execute(
+                f"DELETE FROM {table} t USING unnest({arrays}) AS sc ({', '.join(key_fields)}) "  # noqa: S608
+                f"WHERE {matches}",
+                [list(column) for column in zip(*gone, strict=True)],
+            )
+            deleted += cursor.rowcount
+        inserted = updated = 0
+        if rows:
+            # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
+            changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
+            assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
+            cursor.execute(
+                f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
+                f"SELECT {columns}, %s FROM {stage} "
+                f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
+                f"WHERE {changed} RETURNING xmax = 0",
+                [run_id, run_id],
+            )
+            written = [new for (new,) in cursor.fetchall()]
+            inserted, updated = sum(written), len(written) - sum(written)
+        if rows or anti_join:
+            cursor.execute(f"DROP TABLE {stage}")
+    return inserted, updated, deleted
+
+
+def _delete_missing(
+    cursor,
+    model: type[models.Model],
+    table: str,
+    stage: str,
+    key_fields: tuple[str, ...],
+    scope: _Scope | None,
+    whole_keys: bool,
+) -> int:
+    """Delete the stored rows (in scope) that the staged rows do not have."""
+    same_key = " AND ".join(f"t.{name} = s.{name}" for name in key_fields)
+    missing = f"NOT EXISTS (SELECT 1 FROM {stage} s WHERE {same_key})"  # noqa: S608
+    deleted = 0
+    # The anti-joins are cheap as hash joins; a fresh table's estimates could make the planner
+    # pick a nested loop over every pair of rows instead.
+    cursor.execute("SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)")
+    nestloop = cursor.fetchone()[0]
+    if scope is None:
+        cursor.execute(f"DELETE FROM {table} t WHERE {missing}")  # noqa: S608
+        deleted += cursor.rowcount
+    else:
+        if scope.whole:
+            cursor.execute(
+                f"DELETE FROM {table} t WHERE t.{scope.fields[0]} = ANY(%s) AND {missing}",  # noqa: S608
+                [sorted(scope.whole)],
+            )
+            deleted += cursor.rowcount
+        if scope.keys and scope.shrinks and not whole_keys:
+            types = [model._meta.get_field(name).db_type(connection) for name in scope.fields]
+            arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+            listed = ", ".join(scope.fields)
+            matches = " AND ".join(f"t.{name} = sc.{name}" for name in scope.fields)
+            cursor.execute(
+                f"DELETE FROM {table} t USING unnest({arrays}) AS sc ({listed}) "  # noqa: S608
+                f"WHERE {matches} AND {missing}",
+                [list(column) for column in zip(*scope.keys, strict=True)],
+            )
+            deleted += cursor.rowcount
+    cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [nestloop])
+    return deleted
+
+
+def _csv_rows(rows: dict[tuple, tuple], kinds: list[models.Field], *, tail: tuple = ()) -> io.StringIO:
+    """The rows (key, then values, then ``tail``: more columns, the same in every row) as CSV
+    for COPY."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")  # str() of each value is what COPY reads back
+    as_json = [i for i, f in enumerate(kinds) if isinstance(f, models.JSONField)]
     if as_json:
         writer.writerows(
-            (*key, *(json.dumps(v) if i in as_json else v for i, v in enumerate(values)))
+            (*key, *(_json(v) if i in as_json else v for i, v in enumerate(values)), *tail)
             for key, values in rows.items()
         )
     else:
-        writer.writerows((*key, *values) for key, values in rows.items())
+        writer.writerows((*key, *values, *tail) for key, values in rows.items())
     buffer.seek(0)
-    same_key = " AND ".join(f"t.{name} = s.{name}" for name in key_fields)
-    missing = f"NOT EXISTS (SELECT 1 FROM {stage} s WHERE {same_key})"  # noqa: S608
-    changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
-    run_id = run.pk if run is not None else None
-    force = f", FORCE_NOT_NULL ({', '.join(text_fields)})" if text_fields else ""
-    deleted = 0
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA"  # noqa: S608
-        )
-        cursor.cursor.copy_expert(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv{force})", buffer)
-        # The anti-joins below are cheap as hash joins; a fresh table's estimates could make the
-        # planner pick a nested loop over every pair of rows instead.
-        cursor.execute(
-            "SELECT current_setting('enable_nestloop'), set_config('enable_nestloop', 'off', true)"
-        )
-        nestloop = cursor.fetchone()[0]
-        if scope is None:
-            cursor.execute(f"DELETE FROM {table} t WHERE {missing}")  # noqa: S608
-            deleted += cursor.rowcount
+    return buffer
+
+
+def _json(value) -> str:
+    """JSON text of a value; the inputs of a KPI value ({code: number or None}) are written
+    directly (codes are identifiers, numbers finite), as json.dumps would write them."""
+    if not isinstance(value, dict):
+        return json.dumps(value)
+    parts = []
+    for name, number in value.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            return json.dumps(value)
+        if number is None:
+            parts.append(f'"{name}": null')
+        elif type(number) is float and math.isfinite(number):
+            parts.append(f'"{name}": {number!r}')
         else:
-            if scope.whole:
-                cursor.execute(
-                    f"DELETE FROM {table} t WHERE t.{scope.fields[0]} = ANY(%s) AND {missing}",  # noqa: S608
-                    [sorted(scope.whole)],
-                )
-                deleted += cursor.rowcount
-            if scope.keys:
-                types = [model._meta.get_field(name).db_type(connection) for name in scope.fields]
-                arrays = ", ".join(f"%s::{kind}[]" for kind in types)
-                listed = ", ".join(scope.fields)
-                matches = " AND ".join(f"t.{name} = sc.{name}" for name in scope.fields)
-                cursor.execute(
-                    f"DELETE FROM {table} t USING unnest({arrays}) AS sc ({listed}) "  # noqa: S608
-                    f"WHERE {matches} AND {missing}",
-                    [list(column) for column in zip(*scope.keys, strict=True)],
-                )
-                deleted += cursor.rowcount
-        cursor.execute("SELECT set_config('enable_nestloop', %s, true)", [nestloop])
-        # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
-        assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
-        cursor.execute(
-            f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
-            f"SELECT {columns}, %s FROM {stage} "
-            f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
-            f"WHERE {changed} RETURNING xmax = 0",
-            [run_id, run_id],
-        )
-        written = [new for (new,) in cursor.fetchall()]
-        inserted, updated = sum(written), len(written) - sum(written)
-        cursor.execute(f"DROP TABLE {stage}")
-    return inserted, updated, deleted
+            return json.dumps(value)
+    return "{" + ", ".join(parts) + "}"
 
 
 def _changed_sql(model: type[models.Model], name: str, *, new: str) -> str:

@@ -11,7 +11,8 @@ KPI codes. This module is pure: it needs no database, only lark (the grammar), n
 - :func:`find_cycle` and :func:`evaluation_order` order KPIs that refer to other KPIs.
 - :func:`evaluate` computes a formula for every period of a frame at once, vectorised with numpy.
   An empty value (division by zero, a missing input, not enough history) is NaN with a reason;
-  evaluation never raises because of the data.
+  evaluation never raises because of the data. :func:`evaluate_in_order` evaluates several
+  formulas over one frame, each result a column for the next ones.
 
 The analyst-facing reference, with the exact period semantics, is ``docs/formula-language.md``.
 
@@ -28,7 +29,7 @@ import keyword
 import re
 import unicodedata
 import weakref
-from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import cached_property
@@ -1370,6 +1371,24 @@ class _Evaluator:
         self._leaves: dict[tuple[str, _Mode], _Vec] = {}
         self._expanding: list[str] = []
         self._depth = 0
+        self._added: dict[str, np.ndarray] = {}  # columns added after the frame's, by name
+
+    def add_column(self, name: str, values: np.ndarray) -> None:
+        """Read ``values`` (one per frame row) as the frame's column ``name`` from now on."""
+        self._added[name] = values
+        self._leaves = {key: vec for key, vec in self._leaves.items() if key[0] != name}
+
+    def start_formula(self) -> None:
+        """Forget what depends on the formula being evaluated: KPI expansions (their reasons for
+        a cycle or too deep a nesting depend on the path); columns stay."""
+        definitions = self.context.definitions
+        self._leaves = {
+            key: vec
+            for key, vec in self._leaves.items()
+            if key[0] not in definitions or (key[1] == "point" and key[0] in self._added)
+        }
+        self._expanding = []
+        self._depth = 0
 
     # -- helpers --
 
@@ -1621,6 +1640,21 @@ class _Evaluator:
             self._expanding.pop()
 
     def column(self, name: str) -> _Vec | None:
+        raw = self._added.get(name)
+        if raw is None:
+            raw = self.frame_column(name)
+            if raw is None:
+                return None
+        num = np.full(self.size, np.nan)
+        num[self.rows] = np.where(np.isfinite(raw), raw, np.nan)
+        missing = np.isnan(num)
+        why = np.full(self.size, None, dtype=object)
+        if missing.any():
+            why[missing] = f"missing input: {name} has no value for " + self.labels()[missing]
+        return _Vec(num, why)
+
+    def frame_column(self, name: str) -> np.ndarray | None:
+        """The frame's column as floats (anything non-numeric is NaN), or None if it has none."""
         if name not in self.frame.columns:
             return None
         series = self.frame[name]
@@ -1633,13 +1667,7 @@ class _Evaluator:
                 raw = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
             except (TypeError, ValueError):
                 raw = np.full(len(series), np.nan)
-        num = np.full(self.size, np.nan)
-        num[self.rows] = np.where(np.isfinite(raw), raw, np.nan)
-        missing = np.isnan(num)
-        why = np.full(self.size, None, dtype=object)
-        if missing.any():
-            why[missing] = f"missing input: {name} has no value for " + self.labels()[missing]
-        return _Vec(num, why)
+        return raw
 
     def window_sum(self, vec: _Vec, mode: _Mode) -> _Vec:
         """A flow summed over each row's window: the fiscal year to date, or the last 12 months."""
@@ -1762,7 +1790,37 @@ def evaluate(formula: Formula | str, frame: pd.DataFrame, *, context: EvalContex
         return EvalResult(
             pd.Series([], index=frame.index, dtype=float), pd.Series([], index=frame.index, dtype=object)
         )
-    evaluator = _Evaluator(frame, context)
+    return _result(_Evaluator(frame, context), formula)
+
+
+def evaluate_in_order(
+    formulas: Iterable[tuple[str, Formula]], frame: pd.DataFrame, *, context: EvalContext
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Evaluate (code, formula) pairs one after the other over one frame, each result then
+    read as the frame's column ``code`` by the formulas after it (empty values as missing
+    inputs), as if ``frame[code] = evaluate(formula, frame).values`` came after each one.
+
+    Yields (code, values, reasons): what :func:`evaluate` gives, as arrays in the frame's row
+    order. The frame is analysed and each of its columns read once for all the formulas, and
+    the frame itself is left as it is.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"evaluate_in_order() takes a pandas DataFrame, not {type(frame).__name__}")
+    evaluator = _Evaluator(frame, context) if len(frame) else None
+    for code, formula in formulas:
+        if not isinstance(formula, Formula):
+            raise TypeError(f"evaluate_in_order() takes Formulas, not {type(formula).__name__}")
+        if evaluator is None:
+            yield code, np.empty(0, dtype=float), np.empty(0, dtype=object)
+            continue
+        evaluator.start_formula()
+        num, why = _arrays(evaluator, formula)
+        evaluator.add_column(code, num)
+        yield code, num, why
+
+
+def _arrays(evaluator: _Evaluator, formula: Formula) -> tuple[np.ndarray, np.ndarray]:
+    """The formula's value and reason for each frame row (in the frame's order)."""
     with np.errstate(all="ignore"):
         result = evaluator.evaluate(formula.root, "point")
     num = result.num[evaluator.rows]
@@ -1771,8 +1829,13 @@ def evaluate(formula: Formula | str, frame: pd.DataFrame, *, context: EvalContex
     # Every rule above gives its own reason; this is a safety net so that no empty value (or
     # infinity) is ever passed on unexplained.
     why = np.where(empty & np.equal(why, None), _OUT_OF_RANGE, why)
-    num = np.where(empty, np.nan, num)
+    return np.where(empty, np.nan, num), why
+
+
+def _result(evaluator: _Evaluator, formula: Formula) -> EvalResult:
+    num, why = _arrays(evaluator, formula)
+    index = evaluator.frame.index
     return EvalResult(
-        pd.Series(num, index=frame.index, dtype=float, name=str(formula)),
-        pd.Series(why, index=frame.index, dtype=object, name="reason"),
+        pd.Series(num, index=index, dtype=float, name=str(formula)),
+        pd.Series(why, index=index, dtype=object, name="reason"),
     )
