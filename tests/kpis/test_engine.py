@@ -1,6 +1,7 @@
 """The engine with numbers worked by hand: grains, flows and balances, the fiscal year,
 currencies, division by zero, targets and statuses, lineage, incremental recompute."""
 
+import json
 from datetime import date
 from decimal import Decimal
 
@@ -283,3 +284,27 @@ def _snapshot():
             "kpi__code", "scenario__code", "entity__code", "grain", "period", "value", "target", "status"
         )
     )
+
+
+def test_kpi_inputs_are_written_as_json_dumps_would_write_them():
+    from kpis.engine import _json
+
+    for value in (
+        {"revenue": 1234.5, "cost": None, "days": 31.0},
+        {"tiny": 1e-07, "big": 1.5e16, "negative": -0.25},
+        {},
+        {"not finite": float("nan")},
+        {"x": 1},
+        [1, 2],
+    ):
+        assert _json(value) == json.dumps(value)
+
+
+def test_stored_numbers_compare_by_their_postgresql_text():
+    from kpis.engine import _numeric_text
+
+    assert _numeric_text(None) is None
+    assert _numeric_text(Decimal("12.500000")) == "12.500000"
+    assert _numeric_text(Decimal("-0.000000")) == "0.000000"  # PostgreSQL has no negative zero
+    assert _numeric_text(Decimal("0E-6")) == "0.000000"
+    assert _numeric_text(Decimal("-1234567.000001")) == "-1234567.000001"

@@ -300,3 +300,87 @@ def test_without_a_successful_previous_run_everything_is_recomputed(company):
     result = recompute(run=None)  # the last run failed: nothing stored is trusted
     assert result.kpi_values == KPIValue.objects.count()
     assert run.pk and snapshot() == from_scratch()
+
+
+def test_a_kpi_that_reads_no_changed_measure_is_not_recomputed(company, monkeypatch):
+    """Only ledger facts of one month change: a KPI over an operational series is neither
+    evaluated nor written again (its values keep their run), a KPI over the ledger is
+    rewritten for the periods it reaches."""
+    from kpis import engine
+
+    evaluated: set[str] = set()
+    store = engine._store_kpis
+
+    def spy(results, book, run, scope=None):
+        code_of = {kpi.pk: kpi.code for kpi in book.kpis}
+        evaluated.update(code_of[key[0]] for key in results)
+        return store(results, book, run, scope)
+
+    monkeypatch.setattr(engine, "_store_kpis", spy)
+    company.a_series("orders")
+    import_definitions(
+        {
+            "version": 1,
+            "measures": [
+                {
+                    "code": "orders",
+                    "name": "o",
+                    "kind": "series_value",
+                    "series": "orders",
+                    "time_behaviour": "flow",
+                }
+            ],
+            "kpis": [{"code": "order_count", "name": "Orders", "unit": "count", "formula": "orders"}],
+        }
+    )
+    company.book(facts(11))
+    company.observe(
+        [(f"{month:%Y-%m}", entity, "orders", "40", 40) for month in MONTHS for entity in ("US", "EU")]
+    )
+    refreshed()
+    settle()
+    before = dict(KPIValue.objects.filter(kpi__code="order_count").values_list("pk", "refresh_run_id"))
+    march = date(2023, 3, 1)
+    company.book(facts(12, [march]))
+    evaluated.clear()
+    result = refreshed(months=[march])
+    assert "revenue" in evaluated and "order_count" not in evaluated
+    latest = RefreshRun.objects.latest("started_at")
+    written = set(KPIValue.objects.filter(refresh_run=latest).values_list("kpi__code", flat=True))
+    assert "revenue" in written and "margin" in written
+    assert "order_count" not in written
+    assert (
+        dict(KPIValue.objects.filter(kpi__code="order_count").values_list("pk", "refresh_run_id")) == before
+    )
+    assert 0 < result.measure_values < MeasureValue.objects.count() / 10  # only what changed
+    assert snapshot() == from_scratch()
+
+
+def test_a_new_month_of_other_facts_rewrites_every_kpi_it_reaches(company):
+    """When a month gains values, every KPI gets a value there, even one over measures that
+    did not change (its inputs are missing there)."""
+    company.a_series("orders")
+    import_definitions(
+        {
+            "version": 1,
+            "measures": [
+                {
+                    "code": "orders",
+                    "name": "o",
+                    "kind": "series_value",
+                    "series": "orders",
+                    "time_behaviour": "flow",
+                }
+            ],
+            "kpis": [{"code": "order_count", "name": "Orders", "unit": "count", "formula": "orders"}],
+        }
+    )
+    company.book(facts(13, MONTHS[:-1]))
+    company.observe([(f"{month:%Y-%m}", "US", "orders", "40", 40) for month in MONTHS[:-1]])
+    refreshed()
+    settle()
+    last = MONTHS[-1]
+    company.book(facts(13, [last]))
+    refreshed(months=[last])
+    assert KPIValue.objects.filter(kpi__code="order_count", grain="month", period=last, value=None).exists()
+    assert snapshot() == from_scratch()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kpis.formula import Call, EvalContext, EvalResult, Name, evaluate, lookback, parse
+from kpis.formula import Call, EvalContext, EvalResult, Name, evaluate, evaluate_in_order, lookback, parse
 from tests.kpis.test_formula import COLUMNS, cell, formula_from, numbers, trees
 
 DEFINITIONS = {"margin": parse("revenue - cogs"), "cover": parse("ttm(margin) / avg_balance(x)")}
@@ -115,6 +115,34 @@ def test_a_frame_of_groups_gives_each_group_what_it_gets_alone(root, drawn, rand
     for label, frame in alone.items():
         expected = outcome(evaluate(formula, frame, context=context))
         assert [got[(*label, period)] for period in frame.index] == expected
+
+
+@given(group_expressions, groups(), st.randoms(use_true_random=False))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_evaluating_in_order_gives_what_evaluating_one_by_one_gives(root, drawn, random):
+    """The engine evaluates a grain's KPIs in order on one evaluator; each result must be what
+    evaluate() gives with every earlier result added to the frame as a column."""
+    alone, missing, context = drawn
+    stacked = pd.concat(alone).reindex(columns=COLUMNS)
+    rows = list(range(len(stacked)))
+    random.shuffle(rows)
+    stacked = stacked.iloc[rows]
+    extra = formula_from(root)
+    context = dataclasses.replace(
+        context, missing_columns=missing, definitions={**DEFINITIONS, "extra": extra}
+    )
+    formulas = [("margin", DEFINITIONS["margin"]), ("cover", DEFINITIONS["cover"]), ("extra", extra)]
+    expected, frame = [], stacked.copy()
+    for code, formula in formulas:
+        result = evaluate(formula, frame, context=context)
+        expected.append((code, outcome(result)))
+        frame[code] = result.values.to_numpy()  # noqa: PD011
+    got = [
+        (code, [(None if np.isnan(n) else float(n), why) for n, why in zip(num, reasons, strict=True)])
+        for code, num, reasons in evaluate_in_order(formulas, stacked, context=context)
+    ]
+    assert got == expected
+    assert list(stacked.columns) == list(COLUMNS)  # the frame is left as it is
 
 
 @given(group_expressions, groups(), st.data())
