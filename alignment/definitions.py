@@ -51,11 +51,15 @@ class GoalReport:
 
 
 def goal_period(today: date | None = None) -> tuple[date, date]:
-    """The fiscal year holding the latest month of actual facts (or of ``today``)."""
-    latest = PeriodCoverage.objects.filter(scenario__kind=Scenario.Kind.ACTUAL).aggregate(last=Max("period"))[
-        "last"
-    ]
-    anchor = latest or (today or timezone.localdate()).replace(day=1)
+    """The fiscal year that holds the middle of the last twelve months of actual financial
+    facts (of any facts when there are none; of ``today`` without data): the year a review
+    of the latest numbers is about, not a year that has barely started."""
+    coverage = PeriodCoverage.objects.filter(scenario__kind=Scenario.Kind.ACTUAL)
+    latest = (
+        coverage.filter(fact_kind=PeriodCoverage.FactKind.FINANCIAL).aggregate(last=Max("period"))["last"]
+        or coverage.aggregate(last=Max("period"))["last"]
+    )
+    anchor = add_months(latest, -5) if latest else (today or timezone.localdate()).replace(day=1)
     start_month = settings.FISCAL_YEAR_START_MONTH
     start = fiscal_year_start(fiscal_year(anchor, start_month), start_month)
     return start, add_months(start, 11)

@@ -14,7 +14,9 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
@@ -26,6 +28,21 @@ from finops.models import Department, Entity, RefreshRun
 from kpis.models import KPI, KPIChange
 
 BODY_TTL = 300  # seconds
+
+
+def _release() -> str:
+    """A fingerprint of the page templates and this code, taken at start-up: a deploy that
+    changes how pages look never serves bodies cached by the previous release (Redis keeps
+    them across restarts)."""
+    root = Path(settings.BASE_DIR)
+    files = sorted([*root.glob("templates/**/*.html"), Path(__file__), root / "alignment" / "selectors.py"])
+    stamp = "|".join(
+        f"{path}:{path.stat().st_mtime_ns}:{path.stat().st_size}" for path in files if path.exists()
+    )
+    return hashlib.sha256(stamp.encode()).hexdigest()[:16]
+
+
+RELEASE = _release()
 FILTER_KEYS = ("grain", "period", "entity", "department")
 
 
@@ -79,7 +96,7 @@ def cached_body(page: str, params: dict[str, str], build: Callable[[], str]) -> 
     state = published_state()
     filters = "&".join(f"{key}={params.get(key, '')}" for key in FILTER_KEYS)
     # Numbers are formatted for the active language: one body per language.
-    digest = hashlib.sha256(f"{state.version}#{filters}#{get_language()}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{RELEASE}#{state.version}#{filters}#{get_language()}".encode()).hexdigest()
     key = f"review:{page}:{digest}"
     body = cache.get(key)
     if body is None:

@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Value
+from django.db.models import Count, Q, Value
 from django.utils.http import urlencode
 
 from alignment.models import Goal
@@ -223,7 +223,7 @@ def scorecard_filters(params: dict[str, str]) -> Filters:
     if entity is None:
         entity = next((option for option in entity_options if option.parent_id is None), None)
     department = _pick(department_options, params.get("department"), "department", problems)
-    periods, partial = _periods(grain, entity.id) if entity else ([], set())
+    periods, partial, default = _periods(grain, entity.id) if entity else ([], set(), None)
     period = None
     if params.get("period"):
         try:
@@ -239,9 +239,8 @@ def scorecard_filters(params: dict[str, str]) -> Filters:
             if period not in periods:
                 problems.append(f"No values for {params['period']} at this grain; showing the latest period.")
                 period = None
-    if period is None and periods:
-        # The latest complete period: a quarter with one month loaded is not the default.
-        period = next((p for p in periods if p not in partial), periods[0])
+    if period is None:
+        period = default
     return Filters(
         grain=grain,
         period=period,
@@ -297,22 +296,31 @@ def _pick(options: list[Option], code: str | None, what: str, problems: list[str
     return found
 
 
-def _periods(grain: str, entity_id: int) -> tuple[list[date], set[date]]:
-    """Periods with stored actual values, newest first, and those still partial (not every
-    month loaded yet) for every KPI."""
-    pairs = (
+def _periods(grain: str, entity_id: int) -> tuple[list[date], set[date], date | None]:
+    """Periods with stored actual values (newest first), those still partial (not every month
+    loaded yet) for every KPI, and the default: the latest complete period in which at least
+    half as many KPIs have a value as in the best-covered period (so a month in which only
+    one source has reported is not what a review opens on)."""
+    rows = (
         KPIValue.objects.filter(
             grain=grain, entity_id=entity_id, scenario__kind=Scenario.Kind.ACTUAL, value__isnull=False
         )
-        .values_list("period", "partial")
-        .distinct()
+        .values("period")
+        .annotate(values=Count("id"), complete=Count("id", filter=Q(partial=False)))
+        .order_by("-period")
     )
-    complete, seen = set(), set()
-    for period, partial in pairs:
-        seen.add(period)
-        if not partial:
-            complete.add(period)
-    return sorted(seen, reverse=True), seen - complete
+    periods, partial, counts = [], set(), {}
+    for row in rows:
+        periods.append(row["period"])
+        counts[row["period"]] = row["values"]
+        if not row["complete"]:
+            partial.add(row["period"])
+    most = max(counts.values(), default=0)
+    default = next(
+        (p for p in periods if p not in partial and counts[p] * 2 >= most),
+        next((p for p in periods if p not in partial), periods[0] if periods else None),
+    )
+    return periods, partial, default
 
 
 def subtree_ids(options: list[Option], root: Option | None) -> set[int] | None:
@@ -501,7 +509,7 @@ def _period_end(period: date, grain: str) -> date:
 
 
 def _person(row: dict) -> str:
-    full = f"{row['owner__first_name']} {row['owner__last_name']}".strip()
+    full = f"{row['owner__first_name'] or ''} {row['owner__last_name'] or ''}".strip()
     return full or row["owner__username"] or ""
 
 
@@ -535,9 +543,11 @@ class Overview:
 
     @property
     def status_counts(self) -> dict[str, int]:
-        counts = {"green": 0, "amber": 0, "red": 0, "none": 0}
+        """KPIs by status; "none" has a value but no target, "empty" has no value."""
+        counts = {"green": 0, "amber": 0, "red": 0, "none": 0, "empty": 0}
         for row in self.rows:
-            counts[row.status] += 1
+            empty = row.current is None or row.current["value"] is None
+            counts["empty" if empty else row.status] += 1
         return counts
 
 

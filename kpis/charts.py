@@ -56,9 +56,18 @@ def kpi_history_figure(
     last_year: Sequence[float | None],
     statuses: Sequence[str],
     currency: str = "",
+    partial: Sequence[bool] | None = None,
 ) -> go.Figure:
-    """Actual against target and last year over time, each actual point coloured by status."""
-    text = [format_value(v, unit, decimals) for v in actual]
+    """Actual against target and last year over time, each actual point coloured by status.
+
+    A partial period (not every month loaded yet) is an open marker, said so on hover, so a
+    quarter with one month of sales does not read like a complete one.
+    """
+    partial = list(partial) if partial is not None else [False] * len(actual)
+    text = [
+        format_value(v, unit, decimals) + (" — partial: not every month loaded" if p else "")
+        for v, p in zip(actual, partial, strict=True)
+    ]
     figure = go.Figure()
     figure.add_trace(
         go.Scatter(
@@ -87,7 +96,15 @@ def kpi_history_figure(
             name="Actual",
             mode="lines+markers",
             line={"color": "#1d4ed8", "width": 3},
-            marker={"size": 9, "color": [STATUS_COLOURS.get(s, STATUS_COLOURS["none"]) for s in statuses]},
+            marker={
+                "size": 9,
+                "color": [STATUS_COLOURS.get(s, STATUS_COLOURS["none"]) for s in statuses],
+                "symbol": ["circle-open" if p else "circle" for p in partial],
+                "line": {
+                    "width": 2,
+                    "color": [STATUS_COLOURS.get(s, STATUS_COLOURS["none"]) for s in statuses],
+                },
+            },
             customdata=[[t, s] for t, s in zip(text, statuses, strict=True)],
             hovertemplate="Actual: %{customdata[0]} (%{customdata[1]})<extra></extra>",
         )

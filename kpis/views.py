@@ -143,6 +143,7 @@ def _figure(history: KPIHistory, filters: Filters) -> dict | None:
         last_year=[_float(row.last_year) for row in values],
         statuses=[row.status for row in values],
         currency=filters.currency if kpi.unit == KPI.Unit.CURRENCY else "",
+        partial=[row.partial for row in values],
     )
     return json.loads(figure.to_json())
 

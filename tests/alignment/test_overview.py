@@ -32,7 +32,7 @@ def test_it_lists_kpis_that_changed_status_worst_first(board):
 
     assert view.filters.period == JAN
     assert [row.code for row in view.changed_status] == ["revenue", "margin"]
-    assert view.status_counts == {"green": 1, "amber": 1, "red": 1, "none": 0}
+    assert view.status_counts == {"green": 1, "amber": 1, "red": 1, "none": 0, "empty": 0}
 
 
 def test_movers_are_ranked_by_relative_change_and_judged_by_direction(board):

@@ -206,3 +206,15 @@ def test_the_default_period_is_the_latest_complete_one(board):
     assert filters.period == date(2024, 10, 1)
     assert filters.periods == [JAN, date(2024, 10, 1)]  # the partial quarter can still be chosen
     assert filters.partial_periods == {JAN}
+
+
+def test_the_default_skips_a_month_in_which_few_kpis_have_values(board):
+    # Three KPIs through January; in February only one source has reported.
+    for code in ("a", "b", "c"):
+        board.values(board.kpi(code), date(2024, 12, 1), ["1", "2"])
+    board.values(board.kpi("calls"), date(2024, 12, 1), ["1", "2", "3"])
+
+    filters = scorecard_filters({})
+
+    assert filters.periods[0] == date(2025, 2, 1)  # still offered
+    assert filters.period == JAN
