@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 
 from alignment.models import KPIDriver
-from alignment.selectors import Filters, KPIRow
+from alignment.selectors import Filters, KPIRow, kpi_row_from
 from finops.models import Scenario
 from kpis.models import KPIValue
 
@@ -101,17 +101,7 @@ def _with_current(links: QuerySet, filters: Filters) -> QuerySet:
 
 def _row(row: dict, end: str) -> KPIRow:
     current = {name: row.get(f"{end}_{name}") for name in CURRENT_FIELDS}
-    kpi = KPIRow(
-        kpi_id=row[f"{end}_id"],
-        code=row[f"{end}__code"],
-        name=row[f"{end}__name"],
-        description=row[f"{end}__description"],
-        unit=row[f"{end}__unit"],
-        decimals=row[f"{end}__decimals"],
-        direction=row[f"{end}__direction"],
-        department=row[f"{end}__owner_department__name"] or "",
-        role=end,
-    )
+    kpi = kpi_row_from(row, end, role=end)
     if current["status"] is not None:
         current["variance"] = None
         current["partial"] = bool(current["partial"])

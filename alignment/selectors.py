@@ -432,18 +432,7 @@ def scorecard(filters: Filters) -> Scorecard:
             continue
         if departments is not None and row["links__kpi__owner_department_id"] not in departments:
             continue
-        kpi_row = KPIRow(
-            kpi_id=row["links__kpi_id"],
-            code=row["links__kpi__code"],
-            name=row["links__kpi__name"],
-            description=row["links__kpi__description"],
-            unit=row["links__kpi__unit"],
-            decimals=row["links__kpi__decimals"],
-            direction=row["links__kpi__direction"],
-            department=row["links__kpi__owner_department__name"] or "",
-            role=row["links__role"],
-            goal_target=row["links__target"],
-        )
+        kpi_row = kpi_row_from(row, "links__kpi", role=row["links__role"], goal_target=row["links__target"])
         links[goal.id].append((kpi_row, row["links__weight"]))
 
     goals_note = ""
@@ -498,6 +487,23 @@ def scorecard(filters: Filters) -> Scorecard:
     if departments is not None:
         top = [goal for goal in top if _has_kpis(goal)]
     return Scorecard(filters=filters, goals=top, goals_note=goals_note)
+
+
+def kpi_row_from(row: dict, field: str, *, role: str, goal_target: Decimal | None = None) -> KPIRow:
+    """A row for a KPI from a ``values()`` dict holding ``{field}_id`` and ``{field}__code``,
+    ``__name`` and the other KPI fields (``field`` is the path to the KPI: "kpi", "links__kpi")."""
+    return KPIRow(
+        kpi_id=row[f"{field}_id"],
+        code=row[f"{field}__code"],
+        name=row[f"{field}__name"],
+        description=row[f"{field}__description"],
+        unit=row[f"{field}__unit"],
+        decimals=row[f"{field}__decimals"],
+        direction=row[f"{field}__direction"],
+        department=row[f"{field}__owner_department__name"] or "",
+        role=role,
+        goal_target=goal_target,
+    )
 
 
 def _has_kpis(goal: GoalCard) -> bool:
@@ -587,17 +593,7 @@ def overview(filters: Filters) -> Overview:
         for value in stored:
             row = by_kpi.get(value["kpi_id"])
             if row is None:
-                row = by_kpi[value["kpi_id"]] = KPIRow(
-                    kpi_id=value["kpi_id"],
-                    code=value["kpi__code"],
-                    name=value["kpi__name"],
-                    description=value["kpi__description"],
-                    unit=value["kpi__unit"],
-                    decimals=value["kpi__decimals"],
-                    direction=value["kpi__direction"],
-                    department=value["kpi__owner_department__name"] or "",
-                    role="",
-                )
+                row = by_kpi[value["kpi_id"]] = kpi_row_from(value, "kpi", role="")
             if value["period"] == filters.period:
                 row.current = value
             else:

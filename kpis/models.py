@@ -25,9 +25,8 @@ identifier_validator = RegexValidator(
 GRAIN_CHOICES = [("month", "Month"), ("quarter", "Quarter"), ("year", "Year")]
 
 
-class TimeBehaviour(models.TextChoices):
-    FLOW = "flow", "Flow (a quarter sums its months)"
-    BALANCE = "balance", "Balance (a quarter takes its last month)"
+# A measure is a flow or a balance exactly as accounts are.
+TimeBehaviour = Account.TimeBehaviour
 
 
 class Measure(models.Model):
