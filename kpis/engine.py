@@ -23,9 +23,14 @@ changed since (``_Trust``: KPI history, targets, measures, fiscal year, budget s
 stored values are trusted. A recompute then finds the months whose measure values actually
 changed and re-derives, evaluates and writes only what they can reach (``_Reach``): their
 quarter and year, and the periods whose formulas look back at them (``lookback``) or whose
-last-year target does, reading just the stored values those formulas need. A KPI whose
+last-year target does, reading just the stored values those formulas need. Only the measure
+values that differ are written; when no value appeared or went, a KPI that reads none of the
+changed measures (directly or through other KPIs) is not evaluated at all. A KPI whose
 definition changed is recomputed for every period. A full recompute over unchanged facts
 thus writes nothing and costs little more than its one scan of the facts.
+
+Python's cycle collector is off during a recompute (``_no_cycle_collection``): the many
+small acyclic objects it makes would otherwise set off collections of the whole heap.
 """
 
 from __future__ import annotations
@@ -438,12 +443,14 @@ class _Trust:
             return None
         if MeasureValue.objects.filter(grain="year").exclude(period__month=book.fiscal_start).exists():
             return None
-        stored = (
-            KPIValue.objects.values("kpi_id", "scenario_id", "formula_version")
-            .annotate(
-                typed=models.Count("pk", filter=models.Q(target_origin="typed")),
-                budget=models.Count("pk", filter=models.Q(status_reason=BUDGET_REASON)),
+        flag = functools.partial(models.ExpressionWrapper, output_field=models.BooleanField())
+        stored = (  # what the stored values are like: a DISTINCT is cheaper than a GROUP BY
+            KPIValue.objects.annotate(
+                typed=flag(models.Q(target_origin="typed")),
+                budget=flag(models.Q(status_reason=BUDGET_REASON)),
             )
+            .values("kpi_id", "scenario_id", "formula_version", "typed", "budget")
+            .distinct()
             .order_by()
         )
         budgets = set(Scenario.objects.filter(kind=Scenario.Kind.BUDGET).values_list("pk", flat=True))

@@ -308,3 +308,39 @@ def test_stored_numbers_compare_by_their_postgresql_text():
     assert _numeric_text(Decimal("-0.000000")) == "0.000000"  # PostgreSQL has no negative zero
     assert _numeric_text(Decimal("0E-6")) == "0.000000"
     assert _numeric_text(Decimal("-1234567.000001")) == "-1234567.000001"
+
+
+def test_a_measure_of_one_department_sums_its_subtree_only(book):
+    """Costs of the finance department (and the team under it) against every department's."""
+    from finops.loading import load_financial_facts
+    from finops.models import Department
+
+    book.account("5000")
+    team = Department.objects.create(code="fin-ap", name="Payables team", parent=book.dept, side="finance")
+    ops = Department.objects.create(code="ops", name="Operations", side="operations")
+    load_financial_facts(
+        source=book.source,
+        rows=[
+            (JAN, book.us.pk, department.pk, book.actual.pk, book.accounts["5000"].pk, Decimal(amount))
+            for department, amount in ((book.dept, "100.25"), (team, "20"), (ops, "1000"))
+        ],
+    )
+    define(
+        [
+            {"code": "cost", "name": "c", "kind": "account", "account": "5000", "time_behaviour": "flow"},
+            {
+                "code": "finance_cost",
+                "name": "f",
+                "kind": "account",
+                "account": "5000",
+                "department": "fin",
+                "time_behaviour": "flow",
+            },
+        ],
+        [{"code": "finance_share", "name": "Share", "unit": "percent", "formula": "finance_cost / cost"}],
+    )
+    recompute()
+    assert measure("cost", JAN).value == Decimal("1120.25")
+    assert measure("finance_cost", JAN).value == Decimal("120.25")
+    assert measure("finance_cost", JAN, entity="G").value == Decimal("120.25")
+    assert float(value("finance_share", JAN).value) == pytest.approx(120.25 / 1120.25, abs=1e-6)
