@@ -23,6 +23,10 @@ from finops.models import (
     SourceFile,
 )
 from finops.sources import files, mapping
+from finops.sources import http as http_source
+from finops.sources import sql as sql_source
+
+MAPPED_KINDS = (DataSource.Kind.FILE, DataSource.Kind.SQL, DataSource.Kind.HTTP)
 
 
 @admin.register(Entity)
@@ -122,6 +126,101 @@ class DataSourceForm(forms.ModelForm):
     sheet = forms.CharField(
         required=False, help_text="XLSX only: the sheet's name; empty for the first sheet."
     )
+    sql_url = forms.CharField(
+        required=False,
+        label="Database URL",
+        widget=forms.TextInput(attrs={"size": 70}),
+        help_text="Without the password: postgresql://reader@db.example.com:5432/erp, "
+        "mysql://reader@db.example.com/erp, or sqlite:///erp.db (a file in the source files folder).",
+    )
+    sql_password_env = forms.CharField(
+        required=False,
+        label="Password from environment variable",
+        help_text="Its name, starting with FINOPS_SECRET_ (set on the web and worker machines).",
+    )
+    sql_password_file = forms.CharField(
+        required=False,
+        label="or from a secret file",
+        help_text="A file in the secrets folder (FINOPS_SOURCE_SECRETS_DIR, /run/secrets by default).",
+    )
+    sql_query = forms.CharField(
+        required=False,
+        label="Query",
+        widget=forms.Textarea(
+            attrs={"rows": 6, "cols": 90, "class": "vLargeTextField", "spellcheck": "false"}
+        ),
+        help_text="One SELECT (or WITH ... SELECT) statement; it runs in a read-only transaction.",
+    )
+    sql_timeout_seconds = forms.IntegerField(
+        required=False, min_value=1, initial=sql_source.DEFAULT_TIMEOUT, label="Timeout (seconds)"
+    )
+    http_url = forms.CharField(
+        required=False,
+        label="API URL",
+        widget=forms.TextInput(attrs={"size": 70}),
+        help_text="http:// or https://, fixed query parameters included (e.g. ?company=NW).",
+    )
+    http_auth_header = forms.CharField(
+        required=False, label="Auth header", help_text="e.g. Authorization or X-Api-Key; empty: none."
+    )
+    http_auth_prefix = forms.CharField(
+        required=False, strip=False, label="Value prefix", help_text="Put before the secret, e.g. 'Bearer '."
+    )
+    http_auth_env = forms.CharField(
+        required=False,
+        label="Header value from environment variable",
+        help_text="Its name, starting with FINOPS_SECRET_.",
+    )
+    http_auth_file = forms.CharField(
+        required=False, label="or from a secret file", help_text="A file in the secrets folder."
+    )
+    http_records_path = forms.CharField(
+        required=False,
+        label="Records path",
+        help_text="Where the list of records is in the JSON, dotted (data.items); empty: the whole body.",
+    )
+    http_pagination = forms.ChoiceField(
+        label="Pagination",
+        required=False,
+        choices=[
+            (http_source.NONE, "None (one request)"),
+            (http_source.PAGE, "Page number (until an empty page)"),
+            (http_source.CURSOR, "Cursor (until no next cursor)"),
+        ],
+    )
+    http_page_param = forms.CharField(required=False, initial="page", label="Page parameter")
+    http_page_start = forms.IntegerField(required=False, min_value=0, initial=1, label="First page")
+    http_cursor_param = forms.CharField(required=False, initial="cursor", label="Cursor parameter")
+    http_cursor_path = forms.CharField(
+        required=False,
+        label="Next cursor path",
+        help_text="Dotted path in the response, e.g. meta.next_cursor.",
+    )
+    http_timeout_seconds = forms.FloatField(
+        required=False, min_value=0.1, initial=http_source.DEFAULT_TIMEOUT, label="Timeout (seconds)"
+    )
+    http_retries = forms.IntegerField(
+        required=False,
+        min_value=0,
+        initial=http_source.DEFAULT_RETRIES,
+        label="Retries",
+        help_text="After a 5xx answer or a failed connection only, with growing waits.",
+    )
+    http_backoff_seconds = forms.FloatField(
+        required=False, min_value=0, initial=1, label="First wait (seconds)"
+    )
+    http_max_pages = forms.IntegerField(
+        required=False, min_value=1, initial=http_source.DEFAULT_MAX_PAGES, label="Max pages"
+    )
+    http_max_bytes = forms.IntegerField(
+        required=False, min_value=1024, initial=http_source.DEFAULT_MAX_BYTES, label="Max bytes per response"
+    )
+    http_allow_internal = forms.BooleanField(
+        required=False,
+        label="Allow internal addresses",
+        help_text="Only for an API inside your network: loopback, private and link-local addresses "
+        "(such as 169.254.169.254) are refused otherwise.",
+    )
     fact_kind = forms.ChoiceField(
         label="Facts",
         choices=_blank(
@@ -179,16 +278,9 @@ class DataSourceForm(forms.ModelForm):
         "only the scenario-periods in the file are replaced.",
     )
 
-    # problem path (finops.sources.files / mapping) -> form field
-    PROBLEM_FIELDS = (
+    # problem path (finops.sources.files / sql / http / mapping) -> form field
+    MAPPING_PROBLEM_FIELDS = (
         {
-            "path": "path",
-            "format": "file_format",
-            "delimiter": "delimiter",
-            "encoding": "encoding",
-            "header_row": "header_row",
-            "columns": "column_names",
-            "sheet": "sheet",
             "mapping.fact_kind": "fact_kind",
             "mapping.columns.date": "date_column",
             "mapping.columns.period": "period_column",
@@ -203,6 +295,37 @@ class DataSourceForm(forms.ModelForm):
         | {f"mapping.columns.{name}": f"{name}_column" for name in CODE_TARGETS}
         | {f"mapping.constants.{name}": f"{name}_value" for name in CODE_TARGETS}
     )
+    PROBLEM_FIELDS = {
+        "path": "path",
+        "format": "file_format",
+        "delimiter": "delimiter",
+        "encoding": "encoding",
+        "header_row": "header_row",
+        "columns": "column_names",
+        "sheet": "sheet",
+    } | MAPPING_PROBLEM_FIELDS
+    SQL_KEYS = ("url", "password_env", "password_file", "query", "timeout_seconds")
+    HTTP_KEYS = (
+        "url",
+        "auth_header",
+        "auth_prefix",
+        "auth_env",
+        "auth_file",
+        "records_path",
+        "pagination",
+        "page_param",
+        "page_start",
+        "cursor_param",
+        "cursor_path",
+        "timeout_seconds",
+        "retries",
+        "backoff_seconds",
+        "max_pages",
+        "max_bytes",
+        "allow_internal",
+    )
+    SQL_PROBLEM_FIELDS = {key: f"sql_{key}" for key in SQL_KEYS} | MAPPING_PROBLEM_FIELDS
+    HTTP_PROBLEM_FIELDS = {key: f"http_{key}" for key in HTTP_KEYS} | MAPPING_PROBLEM_FIELDS
 
     class Meta:
         model = DataSource
@@ -210,9 +333,8 @@ class DataSourceForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        config = (
-            self.instance.config if self.instance.pk and self.instance.kind == DataSource.Kind.FILE else {}
-        )
+        kind = self.instance.kind if self.instance.pk else ""
+        config = self.instance.config if kind in MAPPED_KINDS else {}
         config = config if isinstance(config, dict) else {}
         rules = config.get("mapping") if isinstance(config.get("mapping"), dict) else {}
         columns = rules.get("columns") if isinstance(rules.get("columns"), dict) else {}
@@ -239,12 +361,16 @@ class DataSourceForm(forms.ModelForm):
             initial[f"{name}_column"] = columns.get(name, "")
             default = "actual" if name == "scenario" and not config else ""
             initial[f"{name}_value"] = constants.get(name, default)
+        if kind == DataSource.Kind.SQL:
+            initial |= {f"sql_{key}": config[key] for key in self.SQL_KEYS if key in config}
+        if kind == DataSource.Kind.HTTP:
+            initial |= {f"http_{key}": config[key] for key in self.HTTP_KEYS if key in config}
         for name, value in initial.items():
             if name in self.fields:
                 self.fields[name].initial = value
 
-    def file_config(self) -> dict:
-        """The config JSON the file fields describe."""
+    def mapping_config(self) -> dict:
+        """The ``mapping`` JSON the mapping fields describe (shared by every kind)."""
         data = self.cleaned_data
         kind = data.get("fact_kind") or ""
         columns, constants = {}, {}
@@ -267,6 +393,20 @@ class DataSourceForm(forms.ModelForm):
                 columns[name] = column
             if value:
                 constants[name] = value
+        return {
+            "fact_kind": kind,
+            "columns": columns,
+            "constants": constants,
+            "date_format": (data.get("date_format") or "iso").strip(),
+            "decimal_separator": data.get("decimal_separator") or ".",
+            "thousands_separator": data.get("thousands_separator") or "",
+            "period_rule": data.get("period_rule") or "calendar_month",
+            "snapshot": bool(data.get("snapshot")),
+        }
+
+    def file_config(self) -> dict:
+        """The config JSON the file fields describe."""
+        data = self.cleaned_data
         header_row = data.get("header_row")
         return {
             "path": (data.get("path") or "").strip(),
@@ -276,37 +416,92 @@ class DataSourceForm(forms.ModelForm):
             "header_row": 1 if header_row is None else header_row,
             "columns": [name.strip() for name in (data.get("column_names") or "").split(",") if name.strip()],
             "sheet": (data.get("sheet") or "").strip(),
-            "mapping": {
-                "fact_kind": kind,
-                "columns": columns,
-                "constants": constants,
-                "date_format": (data.get("date_format") or "iso").strip(),
-                "decimal_separator": data.get("decimal_separator") or ".",
-                "thousands_separator": data.get("thousands_separator") or "",
-                "period_rule": data.get("period_rule") or "calendar_month",
-                "snapshot": bool(data.get("snapshot")),
-            },
+            "mapping": self.mapping_config(),
         }
+
+    def sql_config(self) -> dict:
+        """The config JSON the SQL fields describe."""
+        data = self.cleaned_data
+        timeout = data.get("sql_timeout_seconds")
+        return {
+            "url": (data.get("sql_url") or "").strip(),
+            "password_env": (data.get("sql_password_env") or "").strip(),
+            "password_file": (data.get("sql_password_file") or "").strip(),
+            "query": (data.get("sql_query") or "").strip(),
+            "timeout_seconds": sql_source.DEFAULT_TIMEOUT if timeout is None else timeout,
+            "mapping": self.mapping_config(),
+        }
+
+    def http_config(self) -> dict:
+        """The config JSON the HTTP fields describe (empty numbers take their defaults)."""
+        data = self.cleaned_data
+        config = {
+            key: (data.get(f"http_{key}") or "").strip()
+            for key in (
+                "url",
+                "auth_header",
+                "auth_env",
+                "auth_file",
+                "records_path",
+                "page_param",
+                "cursor_param",
+                "cursor_path",
+            )
+        }
+        config["auth_prefix"] = data.get("http_auth_prefix") or ""
+        config["pagination"] = data.get("http_pagination") or http_source.NONE
+        defaults = {
+            "page_start": 1,
+            "timeout_seconds": http_source.DEFAULT_TIMEOUT,
+            "retries": http_source.DEFAULT_RETRIES,
+            "backoff_seconds": 1.0,
+            "max_pages": http_source.DEFAULT_MAX_PAGES,
+            "max_bytes": http_source.DEFAULT_MAX_BYTES,
+        }
+        for key, default in defaults.items():
+            value = data.get(f"http_{key}")
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            config[key] = default if value is None else value
+        config["page_param"] = config["page_param"] or "page"
+        config["cursor_param"] = config["cursor_param"] or "cursor"
+        config["allow_internal"] = bool(data.get("http_allow_internal"))
+        config["mapping"] = self.mapping_config()
+        return config
+
+    def _put_problems(self, invalid: mapping.ConfigInvalid, fields: dict) -> None:
+        for where, message in invalid.problems:
+            name = fields.get(where)
+            if name in self.fields:
+                self.add_error(name, message)
+            else:
+                self.add_error(None, f"{where}: {message}")
 
     def clean(self):
         data = super().clean()
-        if data.get("kind") != DataSource.Kind.FILE:
+        kind = data.get("kind")
+        if kind not in MAPPED_KINDS:
             return data
-        if self.instance.pk and self.instance.kind != DataSource.Kind.FILE:
+        if self.instance.pk and self.instance.kind != kind:
+            label = DataSource.Kind(kind).label
             self.add_error(
-                "kind", "A source cannot become a file source: add a new data source of kind File."
+                "kind",
+                f"A source cannot change its kind to {label}: add a new data source of that kind.",
             )
             return data
+        if kind == DataSource.Kind.SQL:
+            return self._clean_remote(
+                data, self.sql_config(), sql_source.validate_sql_config, self.SQL_PROBLEM_FIELDS
+            )
+        if kind == DataSource.Kind.HTTP:
+            return self._clean_remote(
+                data, self.http_config(), http_source.validate_http_config, self.HTTP_PROBLEM_FIELDS
+            )
         config = self.file_config()
         try:
             files.validate_file_config(config)
         except mapping.ConfigInvalid as invalid:
-            for where, message in invalid.problems:
-                name = self.PROBLEM_FIELDS.get(where)
-                if name in self.fields:
-                    self.add_error(name, message)
-                else:
-                    self.add_error(None, f"{where}: {message}")
+            self._put_problems(invalid, self.PROBLEM_FIELDS)
         upload = data.get("upload")
         if upload:
             try:
@@ -315,6 +510,15 @@ class DataSourceForm(forms.ModelForm):
                 self.add_error("upload", rejected.errors[0].reason)
         elif not config["path"] and not (self.instance.pk and self.instance.files.exists()):
             self.add_error("upload", "Upload a file, or give a path to read it from.")
+        self.instance.config = config
+        data["config"] = config
+        return data
+
+    def _clean_remote(self, data: dict, config: dict, validate, fields: dict) -> dict:
+        try:
+            validate(config)
+        except mapping.ConfigInvalid as invalid:
+            self._put_problems(invalid, fields)
         self.instance.config = config
         data["config"] = config
         return data
@@ -345,20 +549,52 @@ class DataSourceAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("name",)}
     change_form_template = "admin/finops/datasource/change_form.html"
 
-    FILE_FIELDSETS = (
-        (
-            "File",
-            {
-                "fields": (
-                    "upload",
-                    "path",
-                    ("file_format", "sheet"),
-                    ("delimiter", "encoding"),
-                    ("header_row", "column_names"),
-                ),
-                "description": "Where the file comes from and how to read it.",
-            },
-        ),
+    FILE_FIELDSET = (
+        "File",
+        {
+            "fields": (
+                "upload",
+                "path",
+                ("file_format", "sheet"),
+                ("delimiter", "encoding"),
+                ("header_row", "column_names"),
+            ),
+            "description": "Where the file comes from and how to read it.",
+        },
+    )
+    SQL_FIELDSET = (
+        "SQL database",
+        {
+            "fields": (
+                "sql_url",
+                ("sql_password_env", "sql_password_file"),
+                "sql_query",
+                "sql_timeout_seconds",
+            ),
+            "description": "One read-only query; its result's columns are mapped below. The password is "
+            "read when the source runs and is never stored here.",
+        },
+    )
+    HTTP_FIELDSET = (
+        "HTTP JSON API",
+        {
+            "fields": (
+                "http_url",
+                ("http_auth_header", "http_auth_prefix"),
+                ("http_auth_env", "http_auth_file"),
+                "http_records_path",
+                "http_pagination",
+                ("http_page_param", "http_page_start"),
+                ("http_cursor_param", "http_cursor_path"),
+                ("http_timeout_seconds", "http_retries", "http_backoff_seconds"),
+                ("http_max_pages", "http_max_bytes"),
+                "http_allow_internal",
+            ),
+            "description": "Records are mapped below by dotted JSON paths (amount.net, org.code). The auth "
+            "header's value is read when the source runs and is never stored here.",
+        },
+    )
+    MAPPING_FIELDSETS = (
         (
             "Mapping onto facts",
             {
@@ -368,7 +604,8 @@ class DataSourceAdmin(admin.ModelAdmin):
                     ("date_format", "period_rule"),
                     ("amount_column", "decimal_separator", "thousands_separator"),
                 ),
-                "description": "Column names as in the header (letter case does not matter).",
+                "description": "File: column names as in the header; SQL: the query's column names (letter "
+                "case does not matter); HTTP: dotted JSON paths in each record, such as amount.net.",
             },
         ),
         (
@@ -391,15 +628,27 @@ class DataSourceAdmin(admin.ModelAdmin):
         ),
     )
 
+    KIND_FIELDSETS = {
+        DataSource.Kind.FILE: FILE_FIELDSET,
+        DataSource.Kind.SQL: SQL_FIELDSET,
+        DataSource.Kind.HTTP: HTTP_FIELDSET,
+    }
+
     def get_fieldsets(self, request, obj=None):
         main = (None, {"fields": ("name", "slug", "kind", "is_active")})
-        if obj is not None and obj.kind == DataSource.Kind.FILE:
-            return (main, *self.FILE_FIELDSETS)
+        if obj is not None and obj.kind in MAPPED_KINDS:
+            return (main, self.KIND_FIELDSETS[obj.kind], *self.MAPPING_FIELDSETS)
         if obj is not None:
             return (main, ("Settings", {"fields": ("config",)}))
         config = ("Settings for other kinds (JSON)", {"fields": ("config",), "classes": ("collapse",)})
-        file_sets = tuple((f"{title} (kind File)", options) for title, options in self.FILE_FIELDSETS)
-        return (main, *file_sets, config)
+        kinds = tuple(
+            (f"{title} (kind {DataSource.Kind(kind).label})", options)
+            for kind, (title, options) in self.KIND_FIELDSETS.items()
+        )
+        mapped = tuple(
+            (f"{title} (kinds File, SQL and HTTP)", options) for title, options in self.MAPPING_FIELDSETS
+        )
+        return (main, *kinds, *mapped, config)
 
     def get_inlines(self, request, obj):
         return [SourceFileInline] if obj is not None and obj.kind == DataSource.Kind.FILE else []
@@ -431,12 +680,21 @@ class DataSourceAdmin(admin.ModelAdmin):
         source = get_object_or_404(DataSource, pk=pk)
         if not self.has_view_permission(request, source):
             raise PermissionDenied
-        if source.kind != DataSource.Kind.FILE:
-            self.message_user(request, "A preview is available for file sources.", messages.WARNING)
+        previews = {
+            DataSource.Kind.FILE: (files.preview, "file"),
+            DataSource.Kind.SQL: (sql_source.preview, "query result"),
+            DataSource.Kind.HTTP: (http_source.preview, "API response"),
+        }
+        if source.kind not in previews:
+            self.message_user(
+                request, "A preview is available for file, SQL and HTTP sources.", messages.WARNING
+            )
             return redirect("admin:finops_datasource_change", pk)
-        result = files.preview(source)
+        make, noun = previews[source.kind]
+        result = make(source)
         context = {
             **self.admin_site.each_context(request),
+            "noun": noun,
             "title": f"Preview: {source.name}",
             "opts": self.model._meta,
             "original": source,

@@ -25,6 +25,8 @@ Loader = Callable[..., LoadResult]  # load(source: DataSource, *, report: Report
 
 LOADERS: dict[str, str] = {
     DataSource.Kind.FILE: "finops.sources.files",
+    DataSource.Kind.SQL: "finops.sources.sql",
+    DataSource.Kind.HTTP: "finops.sources.http",
     DataSource.Kind.DEMO: "finops.sources.demo",
     DataSource.Kind.ADVENTUREWORKS: "finops.sources.adventureworks",
 }

@@ -560,9 +560,12 @@ class RowMapper:
 
     # -- setting up --
 
-    def bind(self, header: Sequence[str] | None = None, *, header_row: int | None = None) -> bool:
+    def bind(
+        self, header: Sequence[str] | None = None, *, header_row: int | None = None, where: str = "the file"
+    ) -> bool:
         """Check the mapped columns against ``header`` (None for records that are dicts) and
-        the constants against the stored codes; False (with problems) when nothing can map."""
+        the constants against the stored codes; False (with problems) when nothing can map.
+        ``where`` names what holds the columns in a problem ("the file", "the query's result")."""
         ok = True
         if header is not None:
             positions = {str(name).strip().lower(): i for i, name in enumerate(header)}
@@ -576,7 +579,7 @@ class RowMapper:
                         header_row,
                         column,
                         None,
-                        f"column {column!r} (mapped to {target}) is not in the file; "
+                        f"column {column!r} (mapped to {target}) is not in {where}; "
                         f"its columns are: {listed}",
                     )
                 else:
