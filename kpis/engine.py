@@ -656,24 +656,11 @@ class _StoredMeasures:
     def __init__(self) -> None:
         self.by_period: dict[tuple[str, date], Values] = defaultdict(dict)
         self.pairs: set[tuple[str, date]] = set()  # read
-        self.grains: set[str] = set()  # read whole
-
-    def grain(self, grain: str) -> Values:
-        """Every stored value of one grain."""
-        if grain not in self.grains:
-            self._add(_stored_values([grain]))
-            self.grains.add(grain)
-        return {
-            key: value
-            for (g, _), values in self.by_period.items()
-            if g == grain
-            for key, value in values.items()
-        }
 
     def get(self, pairs: Iterable[tuple[str, date]]) -> Values:
         """The stored values of these (grain, period) pairs."""
         pairs = set(pairs)
-        missing = sorted(pair for pair in pairs - self.pairs if pair[0] not in self.grains)
+        missing = sorted(pairs - self.pairs)
         if missing:
             found = models.Q(pk__in=[])
             for grain in GRAINS:
