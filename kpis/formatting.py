@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from functools import lru_cache
 
-from django.utils.formats import number_format
+from django.conf import settings
+from django.utils import translation
+from django.utils.formats import get_format, number_format
+from django.utils.translation import get_language
 
 UNIT_SUFFIX = {"days": " days", "count": "", "ratio": "", "currency": ""}
 # (from this size, divided by, suffix, decimals), smallest first: 12,345 is 12.3k.
@@ -33,11 +37,26 @@ def format_value(value: float | Decimal | None, unit: str, decimals: int = 1, cu
 
 def grouped(number: float, places: int) -> str:
     """``number`` with ``places`` decimals and the active locale's separators (1,234.5 in
-    English, 1.234,5 in German); English when no language is active."""
-    text = f"{number:.{places}f}"
-    shown = number_format(Decimal(text), places, use_l10n=True, force_grouping=True)
-    # A small negative rounds to "-0.0": keep the sign, it says which side of zero it is.
-    return "-" + shown if text.startswith("-") and not shown.startswith("-") else shown
+    English, 1.234,5 in German); the site's LANGUAGE_CODE when no language is active."""
+    decimal, thousands, grouping = _separators(get_language() or settings.LANGUAGE_CODE)
+    if grouping != 3:  # a locale that groups otherwise (or not at all): Django formats it
+        text = f"{number:.{places}f}"
+        shown = number_format(Decimal(text), places, use_l10n=True, force_grouping=True)
+        # A small negative rounds to "-0.0": keep the sign, it says which side of zero it is.
+        return "-" + shown if text.startswith("-") and not shown.startswith("-") else shown
+    return f"{number:,.{places}f}".translate({ord(","): thousands, ord("."): decimal})
+
+
+@lru_cache(maxsize=64)
+def _separators(language: str) -> tuple[str, str, object]:
+    """(decimal, thousands, grouping) of a language, looked up once: the engine formats tens of
+    thousands of status reasons per refresh."""
+    with translation.override(language):
+        return (
+            get_format("DECIMAL_SEPARATOR", use_l10n=True),
+            get_format("THOUSAND_SEPARATOR", use_l10n=True),
+            get_format("NUMBER_GROUPING", use_l10n=True),
+        )
 
 
 def _compact_money(number: float, decimals: int) -> str:
