@@ -4,6 +4,10 @@ KPIs, record the run.
 One service used by ``manage.py refresh``, the Celery task and the "Refresh now" button.
 
 - Two runs never overlap: the database allows only one run in the ``running`` state.
+- A run whose worker died cannot block refreshes: the next run marks it failed and proceeds
+  (see ``fail_dead_runs``). On PostgreSQL a live run holds an advisory lock on its own
+  connection, which the server releases the moment the worker's connection drops; on SQLite
+  (development) a run counts as dead once it is older than the task time limit.
 - Publication is atomic: the loads and the recompute happen in one transaction, so pages
   show the previous complete data until the whole run has committed; a worker killed in the
   middle leaves the data exactly as it was.
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from finops.errors import ImportRejected
@@ -37,17 +43,87 @@ class RefreshInProgress(Exception):
         super().__init__(f"Another refresh is already running{ident}; this request was refused.")
 
 
+DEAD_RUN_REASON = "The worker stopped during the run; nothing it did was published."
+
+# Advisory locks use the two-integer form: (namespace, run id). The namespace keeps them apart
+# from any other advisory lock on the server; the run id ties each lock to one run.
+LOCK_NAMESPACE = 0x46_49_4E  # "FIN"
+
+
 def refresh_run_start(
     *, source: DataSource | None = None, trigger: str = RefreshRun.Trigger.COMMAND, user=None
 ) -> RefreshRun:
-    """Record a new running run, or raise RefreshInProgress if one is running already."""
+    """Record a new running run, or raise RefreshInProgress if a live one is running already.
+
+    A run left ``running`` by a dead worker is marked failed first. On PostgreSQL the new run
+    holds its advisory lock from the moment its row is committed until ``release_run_lock``
+    (or until its connection drops): that lock is what tells the next run it is alive.
+    """
+    fail_dead_runs()
     try:
         with transaction.atomic():
-            return RefreshRun.objects.create(
+            run = RefreshRun.objects.create(
                 source=source, trigger=trigger, requested_by=user, status=RefreshRun.Status.RUNNING
             )
+            _run_lock(run, "pg_advisory_lock")  # taken before the row is visible to anyone
+            return run
     except IntegrityError:
         raise RefreshInProgress(RefreshRun.objects.filter(status=RefreshRun.Status.RUNNING).first()) from None
+
+
+def release_run_lock(run: RefreshRun) -> None:
+    """Release the run's advisory lock (PostgreSQL); nothing to do elsewhere or if the
+    connection is already gone (the server released it then)."""
+    try:
+        _run_lock(run, "pg_advisory_unlock")
+    except DatabaseError:
+        log.warning("refresh run %s: could not release its lock (connection lost)", run.pk)
+
+
+def fail_dead_runs() -> list[RefreshRun]:
+    """Mark failed every ``running`` run whose worker is gone; return them.
+
+    PostgreSQL: a run is alive while some connection to this database holds its advisory
+    lock; a killed worker's connection drops and the server releases the lock (and rolls back
+    its uncommitted work). SQLite: a run is alive until it is older than the Celery task time
+    limit, after which Celery would have killed it anyway.
+    """
+    dead = [run for run in RefreshRun.objects.filter(status=RefreshRun.Status.RUNNING) if not _is_alive(run)]
+    for run in dead:
+        run.errors.append({"source": None, "message": DEAD_RUN_REASON})
+        for step in run.steps:
+            step["status"] = "rolled back"
+        # Conditional on the status, so two runs recovering the same row at once write it once.
+        updated = RefreshRun.objects.filter(pk=run.pk, status=RefreshRun.Status.RUNNING).update(
+            status=RefreshRun.Status.FAILED, finished_at=timezone.now(), errors=run.errors, steps=run.steps
+        )
+        if updated:
+            log.warning("refresh run %s: %s Marked failed.", run.pk, DEAD_RUN_REASON)
+    return dead
+
+
+def _is_alive(run: RefreshRun) -> bool:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND objsubid = 2 AND classid = %s::bigint::oid AND objid = %s::bigint::oid"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+                [LOCK_NAMESPACE, _lock_key(run)],
+            )
+            return cursor.fetchone()[0]
+    limit = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    return run.started_at > timezone.now() - limit
+
+
+def _run_lock(run: RefreshRun, function: str) -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {function}(%s, %s)", [LOCK_NAMESPACE, _lock_key(run)])
+
+
+def _lock_key(run: RefreshRun) -> int:
+    return run.pk % 2**31  # the lock functions take int4 keys
 
 
 def refresh(
@@ -58,21 +134,30 @@ def refresh(
         sources = [DataSource.objects.get(slug=source_slug)]
     else:
         sources = list(DataSource.objects.filter(is_active=True).order_by("pk"))
-    previous = RefreshRun.objects.exclude(finished_at=None).order_by("-finished_at").first()
     run = refresh_run_start(source=sources[0] if source_slug else None, trigger=trigger, user=user)
+    # After the start: a dead run it has just marked failed counts as the previous run.
+    previous = RefreshRun.objects.exclude(finished_at=None).order_by("-finished_at").first()
     total = LoadResult()
     try:
-        with transaction.atomic():
-            for source in sources:
-                _refresh_source(run, source, total)
-            _recompute(run, None if _needs_full_recompute(previous) else total.changed_periods)
-    except Exception as exc:  # recorded on the run, then re-raised for the worker's log
-        for step in run.steps:
-            step["status"] = "rolled back"
-        run.errors.append({"source": None, "message": f"{type(exc).__name__}: {exc}"})
-        _finish(run, total, RefreshRun.Status.FAILED)
-        raise
-    _finish(run, total, RefreshRun.Status.FAILED if run.errors else RefreshRun.Status.SUCCEEDED)
+        try:
+            with transaction.atomic():
+                for source in sources:
+                    _refresh_source(run, source, total)
+                _recompute(run, None if _needs_full_recompute(previous) else total.changed_periods)
+                # In the same commit as the data: a run is never "running" once its work is
+                # published, so a run found running with its worker gone published nothing.
+                _finish(run, total, RefreshRun.Status.FAILED if run.errors else RefreshRun.Status.SUCCEEDED)
+        except Exception as exc:  # recorded on the run, then re-raised for the worker's log
+            for step in run.steps:
+                step["status"] = "rolled back"
+            run.errors.append({"source": None, "message": f"{type(exc).__name__}: {exc}"})
+            try:
+                _finish(run, total, RefreshRun.Status.FAILED)
+            except DatabaseError:  # e.g. the database went away: the next run marks it failed
+                log.exception("refresh run %s: could not record its failure", run.pk)
+            raise
+    finally:
+        release_run_lock(run)
     return run
 
 

@@ -232,12 +232,11 @@ def static_paths(html: str) -> list[str]:
 # ---------------------------------------------------------------- database
 
 
-@pytest.fixture
-def stack_database():
-    """A fresh PostgreSQL database for the stack's processes, dropped afterwards. Not
-    pytest-django's test database: the subprocesses must not share it with other tests."""
+@contextlib.contextmanager
+def fresh_database(prefix: str = "finops_stack"):
+    """Create a PostgreSQL database on the test server, yield its URL, drop it afterwards."""
     db = settings.DATABASES["default"]
-    name = f"finops_stack_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     server = {"host": db["HOST"], "port": db["PORT"] or 5432, "user": db["USER"], "password": db["PASSWORD"]}
     admin = psycopg2.connect(dbname="postgres", **server)
     admin.autocommit = True
@@ -245,14 +244,24 @@ def stack_database():
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{name}"')
         quote = urllib.parse.quote
-        yield (
-            f"postgres://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}"
-            f"@{db['HOST']}:{server['port']}/{name}"
-        )
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        try:
+            yield (
+                f"postgres://{quote(db['USER'] or '')}:{quote(db['PASSWORD'] or '')}"
+                f"@{db['HOST']}:{server['port']}/{name}"
+            )
+        finally:
+            with admin.cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         admin.close()
+
+
+@pytest.fixture
+def stack_database():
+    """A fresh PostgreSQL database for the stack's processes, dropped afterwards. Not
+    pytest-django's test database: the subprocesses must not share it with other tests."""
+    with fresh_database() as url:
+        yield url
 
 
 def succeeded_run(db, trigger: str) -> dict | None:
