@@ -179,15 +179,18 @@ def source_files_dir() -> Path:
 def resolve_path(path: str) -> Path:
     """The file ``path`` names, which must lie inside FINOPS_SOURCE_FILES_DIR (after
     following symbolic links); ValueError otherwise."""
-    base = source_files_dir()
+    return path_inside(source_files_dir(), path, "the source files folder", "FINOPS_SOURCE_FILES_DIR")
+
+
+def path_inside(base: Path, path: str, folder: str, setting: str) -> Path:
+    """``path`` (relative to ``base`` unless absolute) resolved, symbolic links followed; a
+    ValueError naming ``folder`` and its ``setting`` when it lies outside ``base``."""
     candidate = Path(path).expanduser()
     if not candidate.is_absolute():
         candidate = base / candidate
     resolved = candidate.resolve()
     if not resolved.is_relative_to(base):
-        raise ValueError(
-            f"{path!r} is outside the source files folder {base} (FINOPS_SOURCE_FILES_DIR); refused"
-        )
+        raise ValueError(f"{path!r} is outside {folder} {base} ({setting}); refused")
     return resolved
 
 

@@ -28,7 +28,7 @@ from finops.errors import ImportRejected, RowError
 from finops.loading import LoadResult
 from finops.models import DataSource
 from finops.sources import Report
-from finops.sources.files import PREVIEW_CHECK_ROWS, PREVIEW_ROWS, Input, PeriodLine, Preview
+from finops.sources.files import PREVIEW_CHECK_ROWS, PREVIEW_ROWS, Input, PeriodLine, Preview, path_inside
 from finops.sources.mapping import ConfigInvalid, Lookups, MappedRow, RowMapper, load_mapped
 
 SECRET_ENV_PREFIX = "FINOPS_SECRET_"  # noqa: S105 - a name prefix, not a secret
@@ -84,16 +84,7 @@ def check_secret(data: dict, env_key: str, file_key: str, problems: list[tuple[s
 
 
 def secret_path(path: str) -> Path:
-    base = secrets_dir()
-    candidate = Path(path).expanduser()
-    if not candidate.is_absolute():
-        candidate = base / candidate
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(base):
-        raise ValueError(
-            f"{path!r} is outside the secrets folder {base} (FINOPS_SOURCE_SECRETS_DIR); refused"
-        )
-    return resolved
+    return path_inside(secrets_dir(), path, "the secrets folder", "FINOPS_SOURCE_SECRETS_DIR")
 
 
 def read_secret(env: str, path: str, *, what: str, column: str) -> str | None:
