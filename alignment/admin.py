@@ -5,6 +5,13 @@ from __future__ import annotations
 from django.contrib import admin
 
 from alignment.models import Goal, GoalKPI, KPIDriver
+from finops.roles import is_analyst
+
+
+def may_edit_goal(user, goal: Goal | None) -> bool:
+    """Analysts edit every goal; a goal's owner edits that goal (its text, period, weights and
+    KPI links) and nobody else's."""
+    return is_analyst(user) or (goal is not None and goal.owner_id == user.pk)
 
 
 class GoalKPIInline(admin.TabularInline):
@@ -12,6 +19,19 @@ class GoalKPIInline(admin.TabularInline):
     extra = 1
     autocomplete_fields = ("kpi",)
     fields = ("kpi", "role", "weight", "target", "sort_order")
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and (
+            obj is None or may_edit_goal(request.user, obj)
+        )
+
+    def has_add_permission(self, request, obj=None):
+        return super().has_add_permission(request, obj) and (obj is None or may_edit_goal(request.user, obj))
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and (
+            obj is None or may_edit_goal(request.user, obj)
+        )
 
 
 @admin.register(Goal)
@@ -27,6 +47,20 @@ class GoalAdmin(admin.ModelAdmin):
         obj.full_clean()
         super().save_model(request, obj, form, change)
 
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and (
+            obj is None or may_edit_goal(request.user, obj)
+        )
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and (
+            obj is None or may_edit_goal(request.user, obj)
+        )
+
+    def has_add_permission(self, request):
+        # New goals (and where they sit in the tree) are the analysts'.
+        return super().has_add_permission(request) and is_analyst(request.user)
+
 
 @admin.register(KPIDriver)
 class KPIDriverAdmin(admin.ModelAdmin):
@@ -35,3 +69,13 @@ class KPIDriverAdmin(admin.ModelAdmin):
     search_fields = ("driver__name", "driver__code", "outcome__name", "outcome__code", "explanation")
     autocomplete_fields = ("driver", "outcome")
     list_select_related = ("driver", "outcome")
+
+    # Which KPI drives which is a shared definition: analysts change it, others read it.
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and is_analyst(request.user)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and is_analyst(request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and is_analyst(request.user)

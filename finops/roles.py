@@ -41,8 +41,9 @@ def ensure_roles() -> dict[str, Group]:
 DEMO_PASSWORD = "finops-demo"  # noqa: S105 - printed on purpose by `make run`
 DEMO_USERS = {
     # username: (full name, groups, is_staff)
-    "cfo": ("Carla Finch (CFO)", [LEADERSHIP, FINANCE], False),
-    "coo": ("Omar Okafor (COO)", [LEADERSHIP, OPERATIONS], False),
+    # Goal owners may open the admin: they edit their own goals there and read the rest.
+    "cfo": ("Carla Finch (CFO)", [LEADERSHIP, FINANCE], True),
+    "coo": ("Omar Okafor (COO)", [LEADERSHIP, OPERATIONS], True),
     "analyst": ("Ana Lytic (FP&A)", [ANALYSTS, FINANCE], True),
 }
 
