@@ -201,10 +201,16 @@ class Scorecard:
 
     @property
     def status_counts(self) -> dict[str, int]:
-        counts = {"green": 0, "amber": 0, "red": 0, "none": 0}
-        for row in self.rows:
-            counts[row.status] += 1
-        return counts
+        return count_statuses(self.rows)
+
+
+def count_statuses(rows: list[KPIRow]) -> dict[str, int]:
+    """KPIs by status; "none" has a value but no target, "empty" has no value."""
+    counts = {"green": 0, "amber": 0, "red": 0, "none": 0, "empty": 0}
+    for row in rows:
+        empty = row.current is None or row.current["value"] is None
+        counts["empty" if empty else row.status] += 1
+    return counts
 
 
 # --- filters ------------------------------------------------------------------------------
@@ -549,12 +555,7 @@ class Overview:
 
     @property
     def status_counts(self) -> dict[str, int]:
-        """KPIs by status; "none" has a value but no target, "empty" has no value."""
-        counts = {"green": 0, "amber": 0, "red": 0, "none": 0, "empty": 0}
-        for row in self.rows:
-            empty = row.current is None or row.current["value"] is None
-            counts["empty" if empty else row.status] += 1
-        return counts
+        return count_statuses(self.rows)
 
 
 STATUS_RANK = {"green": 0, "amber": 1, "red": 2, "none": 3}

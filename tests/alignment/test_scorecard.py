@@ -69,7 +69,7 @@ def test_outcomes_and_drivers_sit_side_by_side_and_sub_goals_roll_up(board):
     assert child.drivers[0].value_text == "95.0%"
     # own red (0 x 1) and the child's 100 x 3 -> 75
     assert goal.score.value == 75.0
-    assert card.status_counts == {"green": 1, "amber": 0, "red": 1, "none": 0}
+    assert card.status_counts == {"green": 1, "amber": 0, "red": 1, "none": 0, "empty": 0}
 
 
 def test_the_department_filter_keeps_that_departments_kpis(board):
