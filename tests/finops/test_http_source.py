@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import date
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -24,10 +23,11 @@ from finops.refresh import refresh
 from finops.sources import LOADERS, Report, http, loader_for
 from finops.sources.mapping import ConfigInvalid
 from tests import factories
+from tests.finops.source_checks import GOOD_FACTS, facts, good_then_bad, snapshot
 
 pytestmark = pytest.mark.django_db
 
-JAN, FEB = date(2024, 1, 1), date(2024, 2, 1)
+
 MAPPING = {
     "fact_kind": "financial",
     "columns": {"date": "posted", "entity": "org.code", "account": "gl.account", "amount": "amount.net"},
@@ -39,14 +39,9 @@ RECORDS = [
     {"posted": "2024-02-03", "org": {"code": "acme"}, "gl": {"account": "4000"}, "amount": {"net": 999.99}},
     {"posted": "2024-02-29", "org": {"code": "acme"}, "gl": {"account": "1000"}, "amount": {"net": 5000}},
 ]
+
+
 # Jan 4000: 1200.50 + 300 = 1500.50; Feb 4000: 999.99; Feb 1000: 5000 (JSON numbers read as Decimal).
-GOOD_FACTS = {
-    (JAN, "4000"): Decimal("1500.50"),
-    (FEB, "4000"): Decimal("999.99"),
-    (FEB, "1000"): Decimal("5000"),
-}
-
-
 class Api(BaseHTTPRequestHandler):
     """Routes: /all, /pages?page=N (2 records a page), /cursor?cursor=X, /slow, /error, /broken,
     /wrong-path, /redirect. Every request is recorded on the server."""
@@ -136,29 +131,6 @@ def api_source(url: str, slug: str = "api", **config) -> DataSource:
         **config,
     }
     return DataSource.objects.create(slug=slug, name=slug.upper(), kind=DataSource.Kind.HTTP, config=settings)
-
-
-def facts() -> dict:
-    return {(f.period, f.account.code): f.amount for f in FinancialFact.objects.select_related("account")}
-
-
-def snapshot() -> list:
-    return list(FinancialFact.objects.order_by("pk").values_list("pk", "period", "account_id", "amount"))
-
-
-def good_then_bad(source: DataSource, **changes) -> RefreshRun:
-    first = refresh(source_slug=source.slug)
-    assert first.status == RefreshRun.Status.SUCCEEDED, first.errors
-    assert facts() == GOOD_FACTS
-    before = snapshot()
-    source.config = {**source.config, **changes}
-    source.save()
-    run = refresh(source_slug=source.slug)
-    run.refresh_from_db()
-    assert run.status == RefreshRun.Status.FAILED
-    assert run.steps[0]["status"] == "rejected"
-    assert snapshot() == before, "a failed HTTP source changed the facts"
-    return run
 
 
 # --- good loads -------------------------------------------------------------------------------

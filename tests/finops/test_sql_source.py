@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-from datetime import date
-from decimal import Decimal
 
 import pytest
 from django.urls import reverse
@@ -22,10 +20,11 @@ from finops.refresh import refresh
 from finops.sources import LOADERS, Report, loader_for, sql
 from finops.sources.mapping import ConfigInvalid
 from tests import factories
+from tests.finops.source_checks import GOOD_FACTS, facts, good_then_bad, snapshot
 
 pytestmark = pytest.mark.django_db
 
-JAN, FEB = date(2024, 1, 1), date(2024, 2, 1)
+
 PG_HOST, PG_PORT = os.environ.get("FINOPS_TEST_PG_HOST", "127.0.0.1"), 5432
 MARIADB_HOST, MARIADB_PORT = os.environ.get("FINOPS_TEST_MARIADB_HOST", "127.0.0.1"), 3306
 
@@ -42,11 +41,6 @@ LINES = [
     ("2024-02-03", "acme", "4000", "999.99"),
     ("2024-02-29", "acme", "1000", "5000.00"),
 ]
-GOOD_FACTS = {
-    (JAN, "4000"): Decimal("1500.50"),
-    (FEB, "4000"): Decimal("999.99"),
-    (FEB, "1000"): Decimal("5000"),
-}
 
 
 def reachable(host: str, port: int) -> bool:
@@ -83,32 +77,6 @@ def sql_source(url: str, query: str = QUERY, slug: str = "erp", **config) -> Dat
         kind=DataSource.Kind.SQL,
         config={"url": url, "query": query, "timeout_seconds": 5, "mapping": MAPPING, **config},
     )
-
-
-def facts() -> dict:
-    rows = FinancialFact.objects.select_related("account")
-    return {(f.period, f.account.code): f.amount for f in rows}
-
-
-def snapshot() -> list:
-    return list(FinancialFact.objects.order_by("pk").values_list("pk", "period", "account_id", "amount"))
-
-
-def good_then_bad(source: DataSource, **changes) -> RefreshRun:
-    """Load the good query, then refresh with ``changes``: the run fails with a message and the
-    facts stay exactly as they were."""
-    first = refresh(source_slug=source.slug)
-    assert first.status == RefreshRun.Status.SUCCEEDED, first.errors
-    assert facts() == GOOD_FACTS
-    before = snapshot()
-    source.config = {**source.config, **changes}
-    source.save()
-    run = refresh(source_slug=source.slug)
-    run.refresh_from_db()
-    assert run.status == RefreshRun.Status.FAILED
-    assert run.steps[0]["status"] == "rejected"
-    assert snapshot() == before, "a failed SQL source changed the facts"
-    return run
 
 
 def loads_twice_without_change(source: DataSource) -> None:
