@@ -69,3 +69,31 @@ def test_driver_links_are_the_analysts_to_change(client, board):
     assert b'name="_save"' not in client.get(url).content
     client.force_login(analyst)
     assert b'name="_save"' in client.get(url).content
+
+
+def test_a_goal_cannot_cascade_from_a_goal_under_it_or_end_before_it_starts(board):
+    from django.core.exceptions import ValidationError
+
+    top = board.goal("TOP")
+    child = board.goal("CHILD", parent=top)
+    top.parent = child
+    with pytest.raises(ValidationError) as loop:
+        top.full_clean()
+    assert "cannot cascade from itself or from a goal under it" in str(loop.value)
+
+    child.period_end = date(2024, 1, 1)
+    with pytest.raises(ValidationError) as backwards:
+        child.full_clean()
+    assert "must end on or after the month it starts" in str(backwards.value)
+
+
+def test_the_admin_refuses_a_driver_linked_to_itself(client, board):
+    analyst = factories.user_in(ANALYSTS, "ana2", is_staff=True)
+    kpi = board.kpi("otd")
+    client.force_login(analyst)
+    response = client.post(
+        reverse("admin:alignment_kpidriver_add"), {"driver": kpi.pk, "outcome": kpi.pk, "explanation": ""}
+    )
+    assert response.status_code == 200
+    assert "cannot drive itself" in response.content.decode()
+    assert not KPIDriver.objects.exists()
