@@ -32,7 +32,18 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import connection, models, transaction
 
-from finops.models import DataSource, FinancialFact, OperationalFact, PeriodCoverage
+from finops.models import (
+    Account,
+    DataSource,
+    Department,
+    Entity,
+    FinancialFact,
+    LedgerTotal,
+    OperationalFact,
+    OperationalSeries,
+    PeriodCoverage,
+    Scenario,
+)
 
 BATCH_SIZE = 5000
 ORM_UPDATE_BATCH = 500  # rows per bulk_update (one CASE branch per row and field)
@@ -49,6 +60,8 @@ class LoadResult:
     rows_deleted: int = 0
     rows_unchanged: int = 0
     changed_periods: set[date] = field(default_factory=set)  # months where any fact changed
+    method: str = "rows"  # "bulk" when a file was checked and mapped in the database
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step, where measured
 
     def add(self, other: LoadResult) -> None:
         self.changed_periods |= other.changed_periods
@@ -65,6 +78,22 @@ FinancialKey = tuple[date, int, int, int, int]
 OperationalKey = tuple[date, int, int, int, str]
 
 
+DIMENSIONS = (DataSource, Entity, Department, Scenario, Account, OperationalSeries)
+
+
+def lock_dimensions() -> None:
+    """Hold the tables facts refer to in SHARE mode until the transaction ends: their rows can
+    be read but not inserted, changed or deleted meanwhile (such a write waits), so the ids a
+    load looked up stay valid until it commits. This is what keeps fact references right in
+    place of per-row foreign-key checks (see ``finops.models.FACT_REFERENCE``). Call inside a
+    transaction, before looking codes up; taking the locks again is free."""
+    if connection.vendor != "postgresql":
+        return  # SQLite: a writing transaction already excludes every other writer
+    tables = ", ".join(model._meta.db_table for model in DIMENSIONS)
+    with connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
+
+
 def load_financial_facts(
     *, source: DataSource, rows: Iterable[tuple[date, int, int, int, int, Decimal]]
 ) -> LoadResult:
@@ -73,6 +102,12 @@ def load_financial_facts(
     Each row is (period, entity_id, department_id, scenario_id, account_id, amount); the
     period is the first day of a month.
     """
+    with transaction.atomic():  # a savepoint in the caller's transaction, if there is one
+        lock_dimensions()
+        return _load_financial_facts(source, rows)
+
+
+def _load_financial_facts(source: DataSource, rows: Iterable[tuple]) -> LoadResult:
     incoming: dict[FinancialKey, Decimal] = {}
     read = 0
     for period, entity_id, department_id, scenario_id, account_id, amount in rows:
@@ -105,6 +140,12 @@ def load_operational_facts(
 
     Each row is (date, entity_id, scenario_id, series_id, dimension, value, count).
     """
+    with transaction.atomic():
+        lock_dimensions()
+        return _load_operational_facts(source, rows)
+
+
+def _load_operational_facts(source: DataSource, rows: Iterable[tuple]) -> LoadResult:
     incoming: dict[OperationalKey, tuple[Decimal, int]] = {}
     read = 0
     for day, entity_id, scenario_id, series_id, dimension, value, count in rows:
@@ -183,6 +224,8 @@ def _replace(
     result.rows_inserted = len(to_insert)
     result.rows_updated = len(to_update)
     result.rows_deleted = len(stale_ids)
+    if model is FinancialFact:
+        update_ledger_totals(result.changed_periods)
     return result
 
 
@@ -393,10 +436,51 @@ def replace_staged(spec: StageSpec, source: DataSource) -> LoadResult:
         result.rows_unchanged = staged - result.rows_inserted - result.rows_updated
         cursor.execute(f"DROP TABLE {stage}_scope")
         cursor.execute(f"DROP TABLE {stage}")
+        if spec.model is FinancialFact:
+            update_ledger_totals(result.changed_periods)
         cursor.execute(
             "SELECT set_config('jit', %s, true), set_config('work_mem', %s, true)", [jit, work_mem]
         )
     return result
+
+
+def update_ledger_totals(months: Iterable[date]) -> None:
+    """Recompute ``LedgerTotal`` for these months from the financial facts (every scenario).
+
+    Called by every function here that changes financial facts, with the months it changed,
+    inside the same transaction: the totals never differ from the facts."""
+    months = sorted(set(months))
+    if not months:
+        return
+    totals, facts = LedgerTotal._meta.db_table, FinancialFact._meta.db_table
+    scenarios = list(Scenario.objects.values_list("pk", flat=True))
+    if not scenarios:
+        return
+    in_months = ", ".join(["%s"] * len(months))
+    # The scenario list lets PostgreSQL read a few months through the (scenario, period) index.
+    in_scenarios = ", ".join(["%s"] * len(scenarios))
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {totals} WHERE period IN ({in_months})", months)  # noqa: S608
+        cursor.execute(
+            f"""INSERT INTO {totals} (period, entity_id, scenario_id, account_id, amount)
+            SELECT period, entity_id, scenario_id, account_id, SUM(amount) FROM {facts}
+            WHERE scenario_id IN ({in_scenarios}) AND period IN ({in_months})
+            GROUP BY period, entity_id, scenario_id, account_id""",  # noqa: S608 - our own tables
+            [*scenarios, *months],
+        )
+
+
+def rebuild_ledger_totals() -> int:
+    """Recompute every ``LedgerTotal`` from the financial facts; returns the number of totals."""
+    totals, facts = LedgerTotal._meta.db_table, FinancialFact._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {totals}")  # noqa: S608
+        cursor.execute(
+            f"""INSERT INTO {totals} (period, entity_id, scenario_id, account_id, amount)
+            SELECT period, entity_id, scenario_id, account_id, SUM(amount) FROM {facts}
+            GROUP BY period, entity_id, scenario_id, account_id"""  # noqa: S608
+        )
+        return cursor.rowcount
 
 
 def record_coverage(*, source: DataSource) -> int:

@@ -296,15 +296,26 @@ class CurrencyRate(models.Model):
         return f"{self.currency} {self.period:%Y-%m}"
 
 
+# How a fact row refers to its dimensions. Facts come by the million, so the references are
+# kept by the loaders rather than by per-row foreign-key triggers: every code is looked up in
+# the dimension tables inside the load's transaction, which holds them in SHARE mode until it
+# commits (``finops.loading.lock_dimensions``), so no dimension row can go or change under a
+# load; and PROTECT still refuses, in the ORM and the admin, to delete a dimension with facts.
+# The natural-key unique constraint starts with the source, and the (scenario, period, ...)
+# index with the scenario; the other references have no index of their own (each one more
+# would be written for every fact, and only a rare dimension delete would read it).
+FACT_REFERENCE = {"on_delete": models.PROTECT, "db_constraint": False, "db_index": False}
+
+
 class FinancialFact(models.Model):
     """An amount booked on a leaf account, in the entity's currency, for one month."""
 
-    source = models.ForeignKey(DataSource, on_delete=models.PROTECT, related_name="financial_facts")
+    source = models.ForeignKey(DataSource, related_name="financial_facts", **FACT_REFERENCE)
     period = models.DateField(help_text="First day of the month.")
-    entity = models.ForeignKey(Entity, on_delete=models.PROTECT)
-    department = models.ForeignKey(Department, on_delete=models.PROTECT)
-    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT)
-    account = models.ForeignKey(Account, on_delete=models.PROTECT)
+    entity = models.ForeignKey(Entity, **FACT_REFERENCE)
+    department = models.ForeignKey(Department, **FACT_REFERENCE)
+    scenario = models.ForeignKey(Scenario, **FACT_REFERENCE)
+    account = models.ForeignKey(Account, **FACT_REFERENCE)
     amount = models.DecimalField(max_digits=MONEY_DIGITS, decimal_places=MONEY_PLACES)
 
     class Meta:
@@ -327,12 +338,12 @@ class OperationalFact(models.Model):
     ``dimension`` distinguishes rows of one series on one day (a shift, a channel), or is empty.
     """
 
-    source = models.ForeignKey(DataSource, on_delete=models.PROTECT, related_name="operational_facts")
+    source = models.ForeignKey(DataSource, related_name="operational_facts", **FACT_REFERENCE)
     period = models.DateField(help_text="First day of the month.")
     date = models.DateField()
-    entity = models.ForeignKey(Entity, on_delete=models.PROTECT)
-    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT)
-    series = models.ForeignKey(OperationalSeries, on_delete=models.PROTECT)
+    entity = models.ForeignKey(Entity, **FACT_REFERENCE)
+    scenario = models.ForeignKey(Scenario, **FACT_REFERENCE)
+    series = models.ForeignKey(OperationalSeries, **FACT_REFERENCE)
     dimension = models.CharField(max_length=100, blank=True, default="")
     value = models.DecimalField(
         max_digits=MONEY_DIGITS, decimal_places=6, help_text="Sum of the observed values."
@@ -350,6 +361,30 @@ class OperationalFact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.date} {self.series_id} {self.value}/{self.count}"
+
+
+class LedgerTotal(models.Model):
+    """The financial facts of one month added up per scenario, entity and account (over every
+    source and department): what the metric engine reads instead of scanning the facts.
+
+    Kept by ``finops.loading`` for the months each load changes, in the load's transaction, so
+    it always equals the sum of the facts (``rebuild_ledger_totals`` recomputes it whole)."""
+
+    period = models.DateField(help_text="First day of the month.")
+    entity = models.ForeignKey(Entity, **FACT_REFERENCE)
+    scenario = models.ForeignKey(Scenario, **FACT_REFERENCE)
+    account = models.ForeignKey(Account, **FACT_REFERENCE)
+    amount = models.DecimalField(max_digits=MONEY_DIGITS + 8, decimal_places=MONEY_PLACES)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["period", "scenario", "entity", "account"], name="ledgertotal_natural_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.period:%Y-%m} {self.entity_id} {self.account_id} {self.amount}"
 
 
 class PeriodCoverage(models.Model):

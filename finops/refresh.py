@@ -28,7 +28,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from finops.errors import ImportRejected
-from finops.loading import LoadResult, record_coverage
+from finops.loading import LoadResult, lock_dimensions, record_coverage
 from finops.models import DataSource, RefreshRun
 from finops.sources import Report, loader_for
 
@@ -141,6 +141,7 @@ def refresh(
     try:
         try:
             with transaction.atomic():
+                lock_dimensions()  # before any code is looked up: see finops.loading
                 for source in sources:
                     _refresh_source(run, source, total)
                 _recompute(run, None if _needs_full_recompute(previous) else total.changed_periods)

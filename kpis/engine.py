@@ -151,8 +151,21 @@ def recompute(*, run: RefreshRun | None = None, months: Iterable[date] | None = 
     The result is what recomputing everything from the facts gives; what is written is only
     what differs from the stored values (see the module docstring for what is skipped when).
     """
-    with _no_cycle_collection():
+    with _no_cycle_collection(), transaction.atomic():
+        _lock_definitions()
         return _recompute(run, months)
+
+
+def _lock_definitions() -> None:
+    """Hold the tables the stored values refer to in SHARE mode until the recompute commits:
+    they can be read but not changed meanwhile (an edit in the admin waits), so every value
+    written refers to a KPI, measure, entity and scenario as they were read (see
+    ``kpis.models.VALUE_REFERENCE``). Taking the locks again in the same transaction is free."""
+    if connection.vendor != "postgresql":
+        return  # SQLite: a writing transaction already excludes every other writer
+    tables = ", ".join(model._meta.db_table for model in (KPI, Measure, Entity, Scenario))
+    with connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
 
 
 @contextlib.contextmanager

@@ -206,17 +206,35 @@ class Target(models.Model):
         return f"{self.kpi_id} {self.grain} {self.period}: {self.value}"
 
 
+# How stored values refer to what they are of. The engine writes tens of thousands of them per
+# recompute, so the references are kept by the engine rather than by per-row foreign-key
+# triggers: it reads the definitions and dimensions inside its transaction, which holds their
+# tables in SHARE mode until it commits (``kpis.engine.recompute``), so none of them can go
+# or change under it; deleting a KPI, measure, entity or scenario still deletes its values
+# (Django's CASCADE), and deleting a run clears the values' reference to it (SET_NULL). The
+# natural-key unique constraints start with the KPI or measure and the (scenario, entity, ...)
+# indexes with the scenario; the other references have no index of their own.
+VALUE_REFERENCE = {"on_delete": models.CASCADE, "db_constraint": False, "db_index": False}
+RUN_REFERENCE = {
+    "null": True,
+    "on_delete": models.SET_NULL,
+    "related_name": "+",
+    "db_constraint": False,
+    "db_index": False,
+}
+
+
 class MeasureValue(models.Model):
     """A measure's value for one scenario, entity node, grain and period (what KPIs read)."""
 
-    measure = models.ForeignKey(Measure, on_delete=models.CASCADE)
-    scenario = models.ForeignKey(Scenario, on_delete=models.CASCADE)
-    entity = models.ForeignKey(Entity, on_delete=models.CASCADE)
+    measure = models.ForeignKey(Measure, **VALUE_REFERENCE)
+    scenario = models.ForeignKey(Scenario, **VALUE_REFERENCE)
+    entity = models.ForeignKey(Entity, **VALUE_REFERENCE)
     grain = models.CharField(max_length=8, choices=GRAIN_CHOICES)
     period = models.DateField()
     value = models.DecimalField(max_digits=24, decimal_places=6, null=True)
     note = models.CharField(max_length=300, blank=True, help_text="Why the value is empty or partial.")
-    refresh_run = models.ForeignKey(RefreshRun, null=True, on_delete=models.SET_NULL, related_name="+")
+    refresh_run = models.ForeignKey(RefreshRun, **RUN_REFERENCE)
 
     class Meta:
         constraints = [
@@ -239,9 +257,9 @@ class KPIValue(models.Model):
         RED = "red", "Off target"
         NONE = "none", "No target"
 
-    kpi = models.ForeignKey(KPI, on_delete=models.CASCADE, related_name="values")
-    scenario = models.ForeignKey(Scenario, on_delete=models.CASCADE)
-    entity = models.ForeignKey(Entity, on_delete=models.CASCADE)
+    kpi = models.ForeignKey(KPI, related_name="values", **VALUE_REFERENCE)
+    scenario = models.ForeignKey(Scenario, **VALUE_REFERENCE)
+    entity = models.ForeignKey(Entity, **VALUE_REFERENCE)
     grain = models.CharField(max_length=8, choices=GRAIN_CHOICES)
     period = models.DateField()
     value = models.DecimalField(max_digits=24, decimal_places=6, null=True)
@@ -253,7 +271,7 @@ class KPIValue(models.Model):
     status = models.CharField(max_length=6, choices=Status.choices, default=Status.NONE)
     status_reason = models.CharField(max_length=300, blank=True)
     partial = models.BooleanField(default=False, help_text="Not every month of the period is loaded yet.")
-    refresh_run = models.ForeignKey(RefreshRun, null=True, on_delete=models.SET_NULL, related_name="+")
+    refresh_run = models.ForeignKey(RefreshRun, **RUN_REFERENCE)
     formula_version = models.PositiveIntegerField()
     inputs = models.JSONField(
         default=dict, help_text="{name: value} of the measures and KPIs it was computed from."

@@ -61,3 +61,41 @@ def fin_row(dims: dict, period: date, amount: str, *, account: str = "revenue", 
         dims[account].pk,
         Decimal(amount),
     )
+
+
+def assert_ledger_totals_match_facts() -> None:
+    """The ledger totals the loaders keep equal the financial facts added up, exactly."""
+    from django.db.models import Sum
+
+    from finops.models import FinancialFact, LedgerTotal
+
+    grouped = (
+        FinancialFact.objects.values("period", "entity_id", "scenario_id", "account_id")
+        .annotate(total=Sum("amount"))
+        .order_by()
+    )
+    expected = {(g["period"], g["entity_id"], g["scenario_id"], g["account_id"]): g["total"] for g in grouped}
+    stored = {
+        (t.period, t.entity_id, t.scenario_id, t.account_id): t.amount for t in LedgerTotal.objects.all()
+    }
+    assert stored == expected, "the ledger totals differ from the facts"
+
+
+def other_connection_tries(statement: str, params: list) -> str:
+    """Run ``statement`` from a second connection with a short lock timeout; what happened."""
+    import psycopg2
+    from django.db import connection
+
+    conn_params = connection.get_connection_params()
+    other = psycopg2.connect(**conn_params)
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+            try:
+                cursor.execute(statement, params)
+            except psycopg2.errors.LockNotAvailable:
+                return "waited"
+            return "done"
+    finally:
+        other.rollback()
+        other.close()

@@ -60,7 +60,7 @@ from typing import Any
 from django.db.models import Q
 
 from finops.errors import RowError
-from finops.loading import LoadResult, load_financial_facts, load_operational_facts
+from finops.loading import LoadResult, load_financial_facts, load_operational_facts, update_ledger_totals
 from finops.models import (
     MONEY_DIGITS,
     MONEY_PLACES,
@@ -456,7 +456,7 @@ def _bounded(value: Decimal, places: int, integer_digits: int) -> Decimal:
     return value
 
 
-def _date_parser(date_format: str, period: bool) -> Callable[[Any], date]:
+def date_parser(date_format: str, period: bool) -> Callable[[Any], date]:
     """A function from a cell to a date (the first of its month for a period column)."""
     cache: dict[str, date] = {}
 
@@ -551,7 +551,7 @@ class RowMapper:
         self.summary: dict[tuple[str, date], PeriodSummary] = {}
         self._sums: dict[tuple, Any] = {}
         self._number = _number_parser(config.decimal_separator, config.thousands_separator)
-        self._time = _date_parser(config.date_format, period=config.time_field == "period")
+        self._time = date_parser(config.date_format, period=config.time_field == "period")
         self._index: dict[str, int] | None = None  # fact field -> position, for sequence records
         self._width = 0
         self._constant_ids: dict[str, int] = {}
@@ -809,21 +809,28 @@ def load_mapped(source: DataSource, mapper: RowMapper) -> LoadResult:
         result = load_operational_facts(source=source, rows=mapper.rows())
     result.rows_read = mapper.records
     if mapper.config.snapshot:
-        scope = mapper.scope()
-        own, other = (
-            (FinancialFact, OperationalFact)
-            if mapper.config.fact_kind == FINANCIAL
-            else (OperationalFact, FinancialFact)
-        )
-        covered = Q()
-        for scenario_id, period in scope:
-            covered |= Q(scenario_id=scenario_id, period=period)
-        for stale in (
-            own.objects.filter(source=source).exclude(covered),
-            other.objects.filter(source=source),
-        ):
-            months = set(stale.values_list("period", flat=True).distinct())
-            if months:
-                result.rows_deleted += stale.delete()[0]
-                result.changed_periods |= months
+        remove_outside_scope(source, mapper.config.fact_kind, mapper.scope(), result)
     return result
+
+
+def remove_outside_scope(
+    source: DataSource, fact_kind: str, scope: set[tuple[int, date]], result: LoadResult
+) -> None:
+    """For a snapshot input (the whole source): delete the source's facts outside ``scope``,
+    the (scenario id, period) pairs the input covers, and its facts of the other kind."""
+    own, other = (
+        (FinancialFact, OperationalFact) if fact_kind == FINANCIAL else (OperationalFact, FinancialFact)
+    )
+    covered = Q()
+    for scenario_id, period in scope:
+        covered |= Q(scenario_id=scenario_id, period=period)
+    for stale in (
+        own.objects.filter(source=source).exclude(covered),
+        other.objects.filter(source=source),
+    ):
+        months = set(stale.values_list("period", flat=True).distinct())
+        if months:
+            result.rows_deleted += stale.delete()[0]
+            result.changed_periods |= months
+            if stale.model is FinancialFact:
+                update_ledger_totals(months)

@@ -498,17 +498,32 @@ class FactIndexes:
 def load_ledger(shape: Shape, previous: int, total: int) -> tuple[int, float]:
     from django.db import connection, transaction
 
+    from finops.loading import rebuild_ledger_totals
+
     started = time.perf_counter()
     indexes = FactIndexes()
     with transaction.atomic():
         indexes.drop()
         written = fact_rows(shape, previous, total)
         indexes.restore()
+        # What the loaders keep for the months they change: the ledger totals the engine reads.
+        totals_started = time.perf_counter()
+        rebuild_ledger_totals()
+        TOTALS_SECONDS.append(time.perf_counter() - totals_started)
     settle_tables(connection)
     return written, time.perf_counter() - started
 
 
-SETTLED = ("finops_financialfact", "finops_operationalfact", "kpis_measurevalue", "kpis_kpivalue")
+TOTALS_SECONDS: list[float] = []  # building the ledger totals after each bulk load
+
+
+SETTLED = (
+    "finops_financialfact",
+    "finops_ledgertotal",
+    "finops_operationalfact",
+    "kpis_measurevalue",
+    "kpis_kpivalue",
+)
 
 
 def settle_tables(connection) -> None:
@@ -629,11 +644,14 @@ def best_of(measure) -> tuple[float, object, list[float]]:
 def change_month(period: date) -> int:
     from django.db import connection
 
+    from finops.loading import update_ledger_totals
+
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE finops_financialfact SET amount = round(amount * 1.01, 2) WHERE period = %s", [period]
         )
         changed = cursor.rowcount
+    update_ledger_totals([period])  # as the load that changed the month does
     settle_tables(connection)
     return changed
 
@@ -785,8 +803,13 @@ def main() -> int:
         print(f"  {label:<{width}}{figure:>12}")
     engine_alone, scan_again = aggregation_alone()
     print(
-        f"  the engine's fact aggregation alone: {engine_alone:.3f} s = {engine_alone / scan_again:.2f} x "
-        f"the GROUP BY scan ({scan_again:.3f} s), best of 3 alternating"
+        f"  the engine's aggregation alone (ledger totals and operational facts): {engine_alone:.3f} s "
+        f"= {engine_alone / scan_again:.2f} x the GROUP BY scan ({scan_again:.3f} s), best of 3 alternating"
+    )
+    print(
+        f"  building the ledger totals at load (a load's work, not the recompute's): "
+        f"{' + '.join(f'{seconds:.3f} s' for seconds in TOTALS_SECONDS)} for the two bulk loads; "
+        f"the last = {TOTALS_SECONDS[-1] / scan_again:.2f} x the GROUP BY scan"
     )
     print(f"  engine steps, first run:  {first.seconds}")
     print(f"  engine steps, second run: {second.seconds}")

@@ -2,6 +2,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
+from django.db.models import ProtectedError
 
 from finops.loading import load_financial_facts, load_operational_facts, record_coverage
 from finops.models import FinancialFact, OperationalFact, PeriodCoverage
@@ -18,6 +19,7 @@ def dims():
 
 
 def amounts(source=None) -> dict:
+    factories.assert_ledger_totals_match_facts()
     facts = FinancialFact.objects.all() if source is None else FinancialFact.objects.filter(source=source)
     return {
         (f.period, f.account.code, f.scenario.code): f.amount
@@ -149,6 +151,7 @@ def _both_paths(settings, loads) -> tuple[list, list]:
             assert loading.use_copy(len(rows)) == (path == "copy")
             load = load_financial_facts if kind == "fin" else load_operational_facts
             steps.append((_figures(load(source=src, rows=rows)), _facts_by_key(src)))
+            factories.assert_ledger_totals_match_facts()
         got[path] = steps
     assert got["copy"] == got["portable"]
     return got["copy"]
@@ -254,3 +257,30 @@ def test_small_loads_and_sqlite_take_the_portable_path(settings):
     settings.FINOPS_LOAD_COPY_MIN_ROWS = 20_000
     assert not loading.use_copy(19_999)
     assert loading.use_copy(20_000) == (connection.vendor == "postgresql")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_dimension_cannot_change_under_a_load_until_it_commits(dims):
+    """Facts keep their references without per-row foreign-key triggers: a load holds the
+    dimension tables in SHARE mode, so deleting or renaming an entity waits for its commit."""
+    from django.db import transaction
+
+    src = factories.source()
+    entity = dims["entity"]
+    with transaction.atomic():
+        load_financial_facts(source=src, rows=[factories.fin_row(dims, JAN, "10")])
+        assert (
+            factories.other_connection_tries("DELETE FROM finops_entity WHERE id = %s", [entity.pk])
+            == "waited"
+        )
+        assert (
+            factories.other_connection_tries("UPDATE finops_entity SET code = 'x' WHERE id = %s", [entity.pk])
+            == "waited"
+        )
+        # Reading them is not held up.
+        assert factories.other_connection_tries("SELECT count(*) FROM finops_entity", []) == "done"
+    # After the commit the tables are free again (the delete is refused by PROTECT in the ORM).
+    assert factories.other_connection_tries("SELECT count(*) FROM finops_entity", []) == "done"
+    with pytest.raises(ProtectedError):
+        entity.delete()

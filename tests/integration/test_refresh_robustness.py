@@ -37,7 +37,13 @@ pytestmark = pytest.mark.integration
 
 TASK = "finops.tasks.refresh_task"
 TIMEOUT = 60  # seconds for any one wait; the whole module takes about 30 s
-PUBLISHED = ("finops_financialfact", "finops_periodcoverage", "kpis_measurevalue", "kpis_kpivalue")
+PUBLISHED = (
+    "finops_financialfact",
+    "finops_ledgertotal",
+    "finops_periodcoverage",
+    "kpis_measurevalue",
+    "kpis_kpivalue",
+)
 
 SEED = """
 import json

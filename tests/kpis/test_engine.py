@@ -344,3 +344,24 @@ def test_a_measure_of_one_department_sums_its_subtree_only(book):
     assert measure("finance_cost", JAN).value == Decimal("120.25")
     assert measure("finance_cost", JAN, entity="G").value == Decimal("120.25")
     assert float(value("finance_share", JAN).value) == pytest.approx(120.25 / 1120.25, abs=1e-6)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_definitions_cannot_change_under_a_recompute_until_it_commits(sales):
+    """Stored values keep their references without per-row foreign-key triggers: a recompute
+    holds the KPI, measure, entity and scenario tables in SHARE mode until it commits, so an
+    edit or delete made meanwhile waits; a KPI deleted afterwards takes its values with it."""
+    from django.db import transaction
+
+    from tests.factories import other_connection_tries
+
+    kpi = KPI.objects.get(code="dso")
+    with transaction.atomic():
+        recompute()
+        assert other_connection_tries("DELETE FROM kpis_kpi WHERE id = %s", [kpi.pk]) == "waited"
+        assert other_connection_tries("UPDATE kpis_measure SET name = 'x'", []) == "waited"
+        assert other_connection_tries("SELECT count(*) FROM kpis_kpi", []) == "done"
+    assert KPIValue.objects.filter(kpi=kpi).exists()
+    kpi.delete()
+    assert not KPIValue.objects.filter(kpi_id=kpi.pk).exists()
