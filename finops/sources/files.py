@@ -39,7 +39,7 @@ from django.conf import settings
 from finops.errors import ImportRejected, RowError
 from finops.loading import LoadResult
 from finops.models import DataSource, SourceFile
-from finops.sources import Report
+from finops.sources import Report, bulk
 from finops.sources.mapping import (
     ConfigInvalid,
     Lookups,
@@ -358,6 +358,9 @@ def _read(
 def load(source: DataSource, *, report: Report) -> LoadResult:
     """Read, validate and load the source's file, all or nothing (see the module docstring)."""
     config = parse_config(source)
+    result = _load_in_bulk(source, config)
+    if result is not None:
+        return result
     _item, _table, mapper, _kept, _complete = _read(source, config)
     if mapper.problems:
         raise ImportRejected(mapper.problems.as_errors())
@@ -367,6 +370,24 @@ def load(source: DataSource, *, report: Report) -> LoadResult:
             f"'{config.mapping.period_rule.label}'; they are stored on the first or last day of their period."
         )
     return load_mapped(source, mapper)
+
+
+def _load_in_bulk(source: DataSource, config: FileConfig) -> LoadResult | None:
+    """A large CSV through the database (``finops.sources.bulk``), or None for the row path."""
+    with open_source_table(source, config) as (item, table):
+        plan = bulk.plan_for(
+            fmt=item.format,
+            size=item.size,
+            mapping=config.mapping,
+            header=table.header,
+            header_row=table.header_row,
+            delimiter=config.delimiter,
+            encoding=config.encoding,
+        )
+    if plan is None:
+        return None
+    with _stream(item) as stream:
+        return bulk.load(source, config.mapping, plan, stream)
 
 
 # --- the admin's preview ---------------------------------------------------------------------

@@ -242,6 +242,8 @@ def load_child() -> None:
                 "deleted": result.rows_deleted,
                 "unchanged": result.rows_unchanged,
                 "changed_periods": len(result.changed_periods),
+                "method": result.method,
+                "timings": result.timings,
                 "facts": FinancialFact.objects.count(),
             }
         )
@@ -326,7 +328,7 @@ def main() -> int:
             f"{copy_rate:,.0f} rows/s",
         ),
         (
-            f"file source load, first ({first['inserted']:,} inserted)",
+            f"file source load, first ({first['inserted']:,} inserted; {first['method']} path)",
             f"{first['seconds']:.2f} s",
             f"{load_rate:,.0f} rows/s",
         ),
@@ -342,6 +344,10 @@ def main() -> int:
     width = max(len(label) for label, _, _ in rows) + 2
     for label, seconds, rate in rows:
         print(f"  {label:<{width}}{seconds:>10}  {rate:>16}")
+    for name, load in (("first", first), ("again", second)):
+        if load["timings"]:
+            steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in load["timings"].items())
+            print(f"    steps of the {name} load: {steps}")
     print()
     verdicts = [ratio >= BAR, unchanged, complete]
     print(f"  load rows/s / COPY rows/s = {ratio:.3f} x   (bar >= {BAR})   {verdict(ratio >= BAR)}")

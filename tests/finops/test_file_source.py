@@ -28,7 +28,7 @@ from finops.models import (
     SourceFile,
 )
 from finops.refresh import refresh
-from finops.sources import LOADERS, Report, files, loader_for
+from finops.sources import LOADERS, Report, bulk, files, loader_for
 from finops.sources.mapping import (
     ConfigInvalid,
     Lookups,
@@ -77,6 +77,20 @@ def real_file_loader(monkeypatch):
     monkeypatch.setitem(LOADERS, DataSource.Kind.FILE, "finops.sources.files")
 
 
+@pytest.fixture(autouse=True, params=["rows", "bulk"])
+def load_path(request, settings):
+    """Every test runs through both paths of a file load: row by row, and (on PostgreSQL) the
+    bulk path that COPYs the file and checks it in SQL, giving way to the row path for any
+    file it does not read with certainty. Both must give the same facts and reports."""
+    if request.param == "bulk":
+        if not bulk.copy_available():
+            pytest.skip("the bulk path needs PostgreSQL (DATABASE_URL); the row path is tested")
+        settings.FINOPS_LOAD_BULK_MIN_BYTES = 0
+    else:
+        settings.FINOPS_LOAD_BULK_MIN_BYTES = 10**12
+    return request.param
+
+
 @pytest.fixture
 def dims():
     found = factories.dimensions()
@@ -108,6 +122,7 @@ def load(source: DataSource):
 
 
 def facts(source: DataSource | None = None) -> dict:
+    factories.assert_ledger_totals_match_facts()  # whichever path loaded them
     rows = FinancialFact.objects.select_related("account", "scenario")
     if source is not None:
         rows = rows.filter(source=source)
@@ -891,3 +906,80 @@ def test_an_upload_missing_from_storage_is_a_clear_error(dims):
     stored.file.storage.delete(stored.file.name)
     with pytest.raises(ImportRejected, match="the uploaded file cannot be opened: No such file"):
         load(source)
+
+
+# --- the bulk path (PostgreSQL): which files it takes, and which it leaves to the row path -----
+
+
+def method_for(load_path: str, bulk_reads_it: bool) -> str:
+    return "bulk" if load_path == "bulk" and bulk_reads_it else "rows"
+
+
+def test_the_bulk_path_takes_plain_files_with_the_same_facts_and_counts(dims, load_path):
+    source = file_source()
+    upload(source, GOOD_CSV)
+    first = load(source)
+    assert first.method == method_for(load_path, True)
+    assert facts() == GOOD_FACTS
+    assert (first.rows_read, first.rows_inserted, first.changed_periods) == (4, 3, {JAN, FEB})
+    upload(source, GOOD_CSV.replace("999.99", '"1,000.01"').replace('2024-02-29,acme,1000,"5,000"\n', ""))
+    again = load(source)
+    assert again.method == method_for(load_path, True)
+    assert (again.rows_updated, again.rows_deleted, again.rows_unchanged) == (1, 1, 1)
+    assert facts()[(FEB, "4000", "actual")] == Decimal("1000.01")
+
+
+def test_the_bulk_path_reads_european_latin_1_files_without_a_header(dims, load_path):
+    # Decimal commas, thousands points, day.month.year dates moved by the nearest month end,
+    # a semicolon, Latin-1 (an unmapped column holds "Überweisung"), no header row.
+    # 31.01.2024 and 01.02.2024 both belong to January: 1.234,50 + -0,50 = 1,234.00.
+    mapping = {
+        **LEDGER_MAPPING,
+        "date_format": "%d.%m.%Y",
+        "decimal_separator": ",",
+        "thousands_separator": ".",
+        "period_rule": "nearest_month_end",
+    }
+    source = file_source(
+        mapping=mapping,
+        header_row=0,
+        columns=["Date", "Entity", "Account", "Amount", "Text"],
+        delimiter=";",
+        encoding="latin-1",
+    )
+    text = (
+        "31.01.2024;acme;4000;1.234,50;Überweisung\n01.02.2024;acme;4000;-0,50;x\n20.02.2024;acme;1000;7;\n"
+    )
+    upload(source, text.encode("latin-1"))
+    result = load(source)
+    assert result.method == method_for(load_path, True)
+    assert facts() == {(JAN, "4000", "actual"): Decimal("1234.00"), (FEB, "1000", "actual"): Decimal("7")}
+
+
+def test_the_bulk_path_gives_way_on_what_it_does_not_read_with_certainty(dims, load_path):
+    # An accounting negative, a code with a space around it and a UTF-8 byte order mark: the row
+    # path reads all three, so the file loads, through it.
+    source = file_source()
+    upload(
+        source, "\ufeffDate,Entity,Account,Amount\n2024-01-15, acme,4000,(12.50)\n2024-01-16,acme,4000,2\n"
+    )
+    result = load(source)
+    assert result.method == "rows"
+    assert facts() == {(JAN, "4000", "actual"): Decimal("-10.50")}
+
+
+def test_a_bad_row_gets_the_same_report_whichever_path_was_tried_first(loaded, load_path):
+    run = refresh_bad(loaded, "Date,Entity,Account,Amount\n2024-01-15,acme,4000,12\n2024-01-16,acme,9999,2\n")
+    assert run.status == RefreshRun.Status.FAILED
+    assert [(e["row"], e["column"], e["value"]) for e in run.errors] == [(3, "Account", "9999")]
+
+
+def test_a_snapshot_through_the_bulk_path_removes_the_periods_it_no_longer_has(dims, load_path):
+    source = file_source(mapping={**LEDGER_MAPPING, "snapshot": True})
+    upload(source, GOOD_CSV)
+    load(source)
+    upload(source, "Date,Entity,Account,Amount\n2024-01-15,acme,4000,7\n")
+    result = load(source)
+    assert result.method == method_for(load_path, True)
+    assert facts() == {(JAN, "4000", "actual"): Decimal("7")}
+    assert FEB in result.changed_periods

@@ -1,0 +1,327 @@
+"""The file source's bulk path on PostgreSQL: the file goes to the database with ``COPY`` and
+is checked and mapped there, set-based, instead of row by row in Python.
+
+The row-by-row path (``finops.sources.mapping.RowMapper``) stays the one definition of what a
+row means and the one author of the row-level report. This path only takes the files whose
+every row it can read exactly as that path would, and gives way to it otherwise:
+
+1. ``COPY ... FROM STDIN (FORMAT csv)`` streams the raw file (bounded memory) into a
+   temporary table of text columns, one per header column. A CSV that ``COPY`` cannot read
+   (a row with too many or too few cells, a byte outside the encoding, a blank line, an
+   unterminated quote) stops here.
+2. The distinct date texts (a few thousand at most in a ledger) are parsed in Python by the
+   row path's own parser and period rule, and joined back as a small table. Codes are joined,
+   exactly as written, to the stored entities, departments, leaf accounts and scenarios.
+   Amounts are read in SQL only in the plain forms both paths read alike (an optional sign,
+   digits with the configured thousands grouping, the configured decimal separator, no
+   spaces), and must fit the fact column without rounding.
+3. One scan of the raw rows groups them by natural key (rows sharing a key add up) into the
+   staging table of ``finops.loading``, which then replaces the source's facts in the
+   scenario-periods the file covers: the same statements, semantics and counts as every load.
+
+Anything the bulk path does not read with certainty (an unknown code, a code with spaces
+around it, an accounting negative "(12.50)", an empty amount, a date the parser refuses)
+makes it give way: its savepoint is rolled back, nothing is written, and the caller reads the
+file through the row path, which loads it or reports each bad row by row and column. The
+bulk path never rejects a file itself, so the two paths cannot disagree on what is refused,
+and a file that loads through both gives the same facts (tested side by side).
+
+Taken for financial CSV files of at least ``FINOPS_LOAD_BULK_MIN_BYTES`` (default 4 MiB) whose
+header is on line 1 (or whose columns are named in the config), in UTF-8, Latin-1 or
+Windows-1252, on PostgreSQL through psycopg2. XLSX files, operational files and small files
+take the row path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import IO
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+
+from finops.loading import (
+    FINANCIAL_SPEC,
+    LOAD_WORK_MEM,
+    LoadResult,
+    copy_available,
+    lock_dimensions,
+    replace_staged,
+)
+from finops.models import DataSource
+from finops.periods import period_for_date
+from finops.sources.mapping import (
+    AMOUNT_INTEGER_DIGITS,
+    AMOUNT_PLACES,
+    FINANCIAL,
+    CellError,
+    Lookups,
+    MappingConfig,
+    date_parser,
+    remove_outside_scope,
+)
+from finops.sources.tabular import CSV, encoding_label
+
+log = logging.getLogger(__name__)
+
+BULK_MIN_BYTES = 4 * 1024 * 1024  # default of settings.FINOPS_LOAD_BULK_MIN_BYTES
+MAX_DATE_TEXTS = 200_000  # distinct date texts parsed in Python; more: the row path
+RAW = "finops_bulk_raw"
+# Python codec name (as codecs.lookup spells it) -> PostgreSQL's name for the same table.
+PG_ENCODINGS = {"latin-1": "LATIN1", "iso8859-1": "LATIN1", "cp1252": "WIN1252"}  # UTF-8 aside
+CODE_TABLES = {"entity": "entity", "department": "department", "account": "account", "scenario": "scenario"}
+BLANK = r"^[ \t\r\n\f\v]*$"  # a cell the row path sees as blank (a strict subset of them)
+
+
+class GiveWay(Exception):  # noqa: N818 - not an error: the row path takes the file
+    """The bulk path cannot read this file with certainty; the row path will."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the file is copied: its columns, where the header is and how it is encoded."""
+
+    header: list[str]
+    has_header_line: bool
+    delimiter: str
+    pg_encoding: str
+
+
+def min_bytes() -> int:
+    return int(getattr(settings, "FINOPS_LOAD_BULK_MIN_BYTES", BULK_MIN_BYTES))
+
+
+def plan_for(
+    *,
+    fmt: str,
+    size: int,
+    mapping: MappingConfig,
+    header: list[str],
+    header_row: int,
+    delimiter: str,
+    encoding: str,
+) -> Plan | None:
+    """The bulk plan for a file, or None when the file is for the row path."""
+    if not copy_available() or fmt != CSV or mapping.fact_kind != FINANCIAL or size < min_bytes():
+        return None
+    if header_row not in (0, 1) or any("\n" in name or "\r" in name for name in header):
+        return None
+    label = encoding_label(encoding)
+    pg_encoding = "UTF8" if label == "UTF-8" else PG_ENCODINGS.get(label)
+    if pg_encoding is None:
+        return None
+    return Plan(header=header, has_header_line=header_row == 1, delimiter=delimiter, pg_encoding=pg_encoding)
+
+
+def load(source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[bytes]) -> LoadResult | None:
+    """Load the file through the bulk path, or return None (nothing written) to give way."""
+    try:
+        with transaction.atomic():  # a savepoint inside the refresh's transaction
+            return _load(source, mapping, plan, stream)
+    except GiveWay as reason:
+        log.info("file source %s: row-by-row path, because %s", source.slug, reason)
+    except (DatabaseError, connection.Database.Error) as error:  # COPY could not read the file
+        log.info("file source %s: row-by-row path, because COPY stopped: %s", source.slug, error)
+    return None
+
+
+def _load(source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[bytes]) -> LoadResult:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = round(now - clock, 3)
+        clock = now
+
+    position = {name.lower(): i for i, name in enumerate(plan.header)}
+    missing = [name for name in mapping.columns.values() if name.lower() not in position]
+    if missing:
+        raise GiveWay(f"the file has no column {missing[0]!r}")
+    column = {field: f"r.c{position[name.lower()]}" for field, name in mapping.columns.items()}
+    lock_dimensions()
+    lookups = Lookups.from_db()
+    with connection.cursor() as cursor:
+        restore = _set_local(cursor)
+        cells = ", ".join(f"c{i} text" for i in range(len(plan.header)))
+        cursor.execute(f"DROP TABLE IF EXISTS {RAW}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {RAW} ({cells}) ON COMMIT DROP")
+        options = (
+            f"FORMAT csv, DELIMITER {_literal(plan.delimiter)}, "
+            f"HEADER {'true' if plan.has_header_line else 'false'}, ENCODING '{plan.pg_encoding}'"
+        )
+        source_bytes = _without_bom(stream) if plan.pg_encoding == "UTF8" else stream
+        cursor.copy_expert(f"COPY {RAW} FROM STDIN WITH ({options})", source_bytes, size=1 << 20)
+        lap("copy")
+
+        blank = " AND ".join(f"(r.c{i} IS NULL OR r.c{i} ~ '{BLANK}')" for i in range(len(plan.header)))
+        joins, ids = [], {}
+        for field, table in CODE_TABLES.items():
+            if field in mapping.constants:
+                code = mapping.constants[field]
+                found = lookups.codes(field).get(code)
+                if found is None or (field == "account" and code in lookups.parent_accounts):
+                    raise GiveWay(f"the fixed {field} {code!r} is not a code the load can use")
+                ids[field] = str(int(found))
+                continue
+            codes = lookups.codes(field)
+            if field == "account":
+                codes = {code: pk for code, pk in codes.items() if code not in lookups.parent_accounts}
+            _code_table(cursor, f"finops_bulk_{table}", codes)
+            joins.append(f"LEFT JOIN finops_bulk_{table} {table} ON {table}.code = {column[field]}")
+            ids[field] = f"{table}.id"
+
+        time_field = mapping.time_field
+        _date_table(cursor, mapping, column[time_field], blank)
+        lap("dates")
+        joins.append(f"LEFT JOIN finops_bulk_dates d ON d.raw = {column[time_field]}")
+
+        amount = _amount_sql(column["amount"], mapping)
+        limit = 10**AMOUNT_INTEGER_DIGITS
+        keys = [f"{ids['entity']} AS entity_id", f"{ids['department']} AS department_id"]
+        keys += [f"{ids['scenario']} AS scenario_id", f"{ids['account']} AS account_id"]
+        cursor.execute(f"DROP TABLE IF EXISTS {FINANCIAL_SPEC.table}")
+        # The inner query reads each row once (OFFSET 0 keeps the planner from copying the
+        # amount's regex and cast into every aggregate); rows sharing a key add up.
+        cursor.execute(
+            f"""CREATE TEMPORARY TABLE {FINANCIAL_SPEC.table} ON COMMIT DROP AS
+            SELECT period, entity_id, department_id, scenario_id, account_id, SUM(v) AS amount,
+                   count(*) AS rows, count(v) AS read, max(abs(v)) AS largest
+            FROM (
+                SELECT d.period, {", ".join(keys)}, {amount} AS v
+                FROM {RAW} r {" ".join(joins)}
+                WHERE NOT ({blank})
+                OFFSET 0
+            ) x
+            GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
+        )
+        cursor.execute(
+            f"""SELECT count(*) FILTER (WHERE rows <> read OR largest >= {limit} OR period IS NULL
+                    OR entity_id IS NULL OR department_id IS NULL OR scenario_id IS NULL
+                    OR account_id IS NULL),
+                count(*) FILTER (WHERE abs(amount) >= {limit}), COALESCE(sum(rows), 0)
+            FROM {FINANCIAL_SPEC.table}"""  # noqa: S608
+        )
+        unread, too_big, rows = cursor.fetchone()
+        lap("check and group")
+        if unread:
+            raise GiveWay(f"{unread:,} key(s) have a row it does not read with certainty")
+        if too_big:
+            raise GiveWay("rows sharing a key add up past the fact column")
+        if not rows:
+            raise GiveWay("the file has no data rows")
+        for table in (RAW, "finops_bulk_dates", *(f"finops_bulk_{name}" for name in CODE_TABLES.values())):
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        scope = None
+        if mapping.snapshot:
+            cursor.execute(f"SELECT DISTINCT scenario_id, period FROM {FINANCIAL_SPEC.table}")  # noqa: S608
+            scope = set(cursor.fetchall())
+        restore()
+    result = replace_staged(FINANCIAL_SPEC, source)
+    lap("replace")
+    result.rows_read = int(rows)
+    result.method = "bulk"
+    if scope is not None:
+        remove_outside_scope(source, FINANCIAL, scope, result)
+        lap("snapshot")
+    result.timings = timings
+    return result
+
+
+def _set_local(cursor) -> Callable[[], None]:
+    """Enough memory for the hash tables and no JIT, until the returned function puts back
+    what was set (a rolled-back savepoint puts them back by itself)."""
+    cursor.execute(
+        "SELECT current_setting('work_mem'), current_setting('jit'), "
+        "set_config('work_mem', %s, true), set_config('jit', 'off', true)",
+        [LOAD_WORK_MEM],
+    )
+    work_mem, jit = cursor.fetchone()[:2]
+    return lambda: cursor.execute(
+        "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", [work_mem, jit]
+    )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _code_table(cursor, name: str, codes: dict[str, int]) -> None:
+    cursor.execute(f"DROP TABLE IF EXISTS {name}")
+    cursor.execute(f"CREATE TEMPORARY TABLE {name} (code text PRIMARY KEY, id bigint) ON COMMIT DROP")
+    if codes:
+        rows = list(codes.items())
+        cursor.execute(
+            f"INSERT INTO {name} (code, id) SELECT * FROM unnest(%s::text[], %s::bigint[])",  # noqa: S608
+            [[code for code, _pk in rows], [pk for _code, pk in rows]],
+        )
+    cursor.execute(f"ANALYZE {name}")
+
+
+def _date_table(cursor, mapping: MappingConfig, cell: str, blank: str) -> None:
+    """Parse each distinct date text once, in Python, exactly as the row path does."""
+    cursor.execute(
+        f"SELECT DISTINCT {cell} FROM {RAW} r WHERE NOT ({blank}) LIMIT {MAX_DATE_TEXTS + 1}"  # noqa: S608
+    )
+    texts = [text for (text,) in cursor.fetchall()]
+    if len(texts) > MAX_DATE_TEXTS:
+        raise GiveWay(f"more than {MAX_DATE_TEXTS:,} distinct date texts")
+    period_column = mapping.time_field == "period"
+    parse = date_parser(mapping.date_format, period=period_column)
+    periods: list[date] = []
+    for text in texts:
+        if text is None:
+            raise GiveWay("a row has no date")
+        try:
+            day = parse(text)
+        except CellError as error:
+            raise GiveWay(f"the date {text!r} is {error}") from None
+        periods.append(day if period_column else period_for_date(day, mapping.period_rule))
+    cursor.execute("DROP TABLE IF EXISTS finops_bulk_dates")
+    cursor.execute(
+        "CREATE TEMPORARY TABLE finops_bulk_dates (raw text PRIMARY KEY, period date) ON COMMIT DROP"
+    )
+    cursor.execute(
+        "INSERT INTO finops_bulk_dates (raw, period) SELECT * FROM unnest(%s::text[], %s::date[])",
+        [texts, periods],
+    )
+    cursor.execute("ANALYZE finops_bulk_dates")
+
+
+def _amount_sql(cell: str, mapping: MappingConfig) -> str:
+    """The amount as numeric, NULL when the text is not in a plain form read alike by both paths."""
+    decimal, thousands = mapping.decimal_separator, mapping.thousands_separator
+    # A space groups thousands as written; the no-break spaces the row path also takes there
+    # do not match, and such a file takes the row path.
+    integer = f"([0-9]{{1,3}}(\\{thousands}[0-9]{{3}})+|[0-9]+)" if thousands else "[0-9]+"
+    # At most AMOUNT_PLACES decimals but for trailing zeros (the row path refuses more).
+    fraction = f"\\{decimal}[0-9]{{1,{AMOUNT_PLACES}}}0*"
+    pattern = f"^[+-]?({integer}({fraction})?|{fraction})$"
+    text = cell
+    if thousands:
+        text = f"replace({text}, {_literal(thousands)}, '')"
+    if decimal != ".":
+        text = f"replace({text}, {_literal(decimal)}, '.')"
+    return f"CASE WHEN {cell} ~ {_literal(pattern)} THEN ({text})::numeric END"
+
+
+class _without_bom:  # noqa: N801 - a small file wrapper
+    """The stream without a leading UTF-8 byte order mark (the row path drops it too)."""
+
+    def __init__(self, stream: IO[bytes]):
+        self._stream, self._first = stream, True
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._stream.read(size)
+        if self._first:
+            self._first = False
+            if chunk.startswith(b"\xef\xbb\xbf"):
+                chunk = chunk[3:]
+        return chunk
+
+    readline = read
