@@ -52,8 +52,9 @@ from finops.loading import (
     lock_dimensions,
     replace_staged,
 )
-from finops.models import DataSource
+from finops.models import Account, DataSource, Entity
 from finops.periods import period_for_date
+from finops.sources import Report
 from finops.sources.mapping import (
     AMOUNT_INTEGER_DIGITS,
     AMOUNT_PLACES,
@@ -63,6 +64,7 @@ from finops.sources.mapping import (
     MappingConfig,
     date_parser,
     remove_outside_scope,
+    split_balance_warning,
 )
 from finops.sources.tabular import CSV, encoding_label
 
@@ -117,11 +119,13 @@ def plan_for(
     return Plan(header=header, has_header_line=header_row == 1, delimiter=delimiter, pg_encoding=pg_encoding)
 
 
-def load(source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[bytes]) -> LoadResult | None:
+def load(
+    source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[bytes], *, report: Report
+) -> LoadResult | None:
     """Load the file through the bulk path, or return None (nothing written) to give way."""
     try:
         with transaction.atomic():  # a savepoint inside the refresh's transaction
-            return _load(source, mapping, plan, stream)
+            return _load(source, mapping, plan, stream, report)
     except GiveWay as reason:
         log.info("file source %s: row-by-row path, because %s", source.slug, reason)
     except (DatabaseError, connection.Database.Error) as error:  # COPY could not read the file
@@ -129,7 +133,9 @@ def load(source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[byte
     return None
 
 
-def _load(source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[bytes]) -> LoadResult:
+def _load(
+    source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[bytes], report: Report
+) -> LoadResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -191,9 +197,10 @@ def _load(source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[byt
         cursor.execute(
             f"""CREATE TEMPORARY TABLE {FINANCIAL_SPEC.table} ON COMMIT DROP AS
             SELECT period, entity_id, department_id, scenario_id, account_id, SUM(v) AS amount,
-                   count(*) AS rows, count(v) AS read, max(abs(v)) AS largest
+                   count(*) AS rows, count(v) AS read, max(abs(v)) AS largest,
+                   min(day) AS first_day, max(day) AS last_day
             FROM (
-                SELECT d.period, {", ".join(keys)}, {amount} AS v
+                SELECT d.period, d.day, {", ".join(keys)}, {amount} AS v
                 FROM {RAW} r {" ".join(joins)}
                 WHERE NOT ({blank})
                 OFFSET 0
@@ -217,6 +224,8 @@ def _load(source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[byt
             raise GiveWay("the file has no data rows")
         for table in (RAW, "finops_bulk_dates", *(f"finops_bulk_{name}" for name in CODE_TABLES.values())):
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
+        if time_field == "date" and lookups.balance_accounts:
+            _warn_split_balances(cursor, report, sorted(lookups.balance_accounts))
         scope = None
         if mapping.snapshot:
             cursor.execute(f"SELECT DISTINCT scenario_id, period FROM {FINANCIAL_SPEC.table}")  # noqa: S608
@@ -231,6 +240,24 @@ def _load(source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[byt
         lap("snapshot")
     result.timings = timings
     return result
+
+
+def _warn_split_balances(cursor, report: Report, balance_accounts: list[int]) -> None:
+    """The row path's warning about balances dated on two days of one period."""
+    cursor.execute(
+        f"""SELECT count(*) OVER (), e.code, a.code, s.period, s.first_day, s.last_day
+        FROM {FINANCIAL_SPEC.table} s
+        JOIN {Entity._meta.db_table} e ON e.id = s.entity_id
+        JOIN {Account._meta.db_table} a ON a.id = s.account_id
+        WHERE s.account_id = ANY(%s) AND s.first_day <> s.last_day
+        ORDER BY s.period, e.code, a.code LIMIT 1""",  # noqa: S608 - our own table names
+        [balance_accounts],
+    )
+    found = cursor.fetchone()
+    if found:
+        keys, entity, account, period, first, last = found
+        codes = {"entity": entity, "account": account}
+        report.warn(split_balance_warning(keys, codes, first, last, period))
 
 
 def _set_local(cursor) -> Callable[[], None]:
@@ -274,6 +301,7 @@ def _date_table(cursor, mapping: MappingConfig, cell: str, blank: str) -> None:
     period_column = mapping.time_field == "period"
     parse = date_parser(mapping.date_format, period=period_column)
     periods: list[date] = []
+    days: list[date] = []
     for text in texts:
         if text is None:
             raise GiveWay("a row has no date")
@@ -282,13 +310,16 @@ def _date_table(cursor, mapping: MappingConfig, cell: str, blank: str) -> None:
         except CellError as error:
             raise GiveWay(f"the date {text!r} is {error}") from None
         periods.append(day if period_column else period_for_date(day, mapping.period_rule))
+        days.append(day)
     cursor.execute("DROP TABLE IF EXISTS finops_bulk_dates")
     cursor.execute(
-        "CREATE TEMPORARY TABLE finops_bulk_dates (raw text PRIMARY KEY, period date) ON COMMIT DROP"
+        "CREATE TEMPORARY TABLE finops_bulk_dates (raw text PRIMARY KEY, period date, day date) "
+        "ON COMMIT DROP"
     )
     cursor.execute(
-        "INSERT INTO finops_bulk_dates (raw, period) SELECT * FROM unnest(%s::text[], %s::date[])",
-        [texts, periods],
+        "INSERT INTO finops_bulk_dates (raw, period, day) "
+        "SELECT * FROM unnest(%s::text[], %s::date[], %s::date[])",
+        [texts, periods, days],
     )
     cursor.execute("ANALYZE finops_bulk_dates")
 

@@ -358,21 +358,18 @@ def _read(
 def load(source: DataSource, *, report: Report) -> LoadResult:
     """Read, validate and load the source's file, all or nothing (see the module docstring)."""
     config = parse_config(source)
-    result = _load_in_bulk(source, config)
+    result = _load_in_bulk(source, config, report)
     if result is not None:
         return result
     _item, _table, mapper, _kept, _complete = _read(source, config)
     if mapper.problems:
         raise ImportRejected(mapper.problems.as_errors())
-    if mapper.moved_days:
-        report.warn(
-            f"{mapper.moved_days:,} row(s) are dated in another month than their period under the rule "
-            f"'{config.mapping.period_rule.label}'; they are stored on the first or last day of their period."
-        )
+    for warning in mapper.warnings():
+        report.warn(warning)
     return load_mapped(source, mapper)
 
 
-def _load_in_bulk(source: DataSource, config: FileConfig) -> LoadResult | None:
+def _load_in_bulk(source: DataSource, config: FileConfig, report: Report) -> LoadResult | None:
     """A large CSV through the database (``finops.sources.bulk``), or None for the row path."""
     with open_source_table(source, config) as (item, table):
         plan = bulk.plan_for(
@@ -387,7 +384,7 @@ def _load_in_bulk(source: DataSource, config: FileConfig) -> LoadResult | None:
     if plan is None:
         return None
     with _stream(item) as stream:
-        return bulk.load(source, config.mapping, plan, stream)
+        return bulk.load(source, config.mapping, plan, stream, report=report)
 
 
 # --- the admin's preview ---------------------------------------------------------------------

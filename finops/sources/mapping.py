@@ -302,6 +302,7 @@ class Lookups:
     series: dict[str, int]
     scenario: dict[str, int]
     parent_accounts: set[str] = field(default_factory=set)
+    balance_accounts: set[int] = field(default_factory=set)  # ids of accounts that hold balances
 
     @classmethod
     def from_db(cls) -> Lookups:
@@ -309,6 +310,7 @@ class Lookups:
         parents = set(
             Account.objects.filter(children__isnull=False).values_list("code", flat=True).distinct()
         )
+        balances = set(Account.objects.filter(time_behaviour="balance").values_list("id", flat=True))
         return cls(
             entity=dict(Entity.objects.values_list("code", "id")),
             department=dict(Department.objects.values_list("code", "id")),
@@ -316,6 +318,7 @@ class Lookups:
             series=dict(OperationalSeries.objects.values_list("code", "id")),
             scenario=dict(Scenario.objects.values_list("code", "id")),
             parent_accounts=parents,
+            balance_accounts=balances,
         )
 
     def codes(self, name: str) -> dict[str, int]:
@@ -548,6 +551,11 @@ class RowMapper:
         self.problems = problems or Problems(file)
         self.records = 0
         self.moved_days = 0  # operational rows whose day the period rule moved to another month
+        # Balance-account keys with rows on more than one day of one period (they add up, so a
+        # balance read twice, at the end of one month and the start of the next, is doubled).
+        self._balance_day: dict[tuple, date | None] = {}
+        self.split_balances = 0
+        self._split_example: tuple[dict[str, str], date, date, date] | None = None
         self.summary: dict[tuple[str, date], PeriodSummary] = {}
         self._sums: dict[tuple, Any] = {}
         self._number = _number_parser(config.decimal_separator, config.thousands_separator)
@@ -724,6 +732,13 @@ class RowMapper:
         if self.config.fact_kind == FINANCIAL:
             key = (row.period, ids["entity"], ids["department"], ids["scenario"], ids["account"])
             self._sums[key] = self._sums.get(key, Decimal(0)) + row.value
+            if ids["account"] in self.lookups.balance_accounts and self.config.time_field == "date":
+                first = self._balance_day.setdefault(key, row.day)
+                if first != row.day and first is not None:
+                    self._balance_day[key] = None  # counted once per key
+                    self.split_balances += 1
+                    if self._split_example is None:
+                        self._split_example = (dict(row.codes), first, row.day, row.period)
             return
         day = row.day
         if month_start(day) != row.period:
@@ -763,11 +778,37 @@ class RowMapper:
     def keys(self) -> int:
         return len(self._sums)
 
+    def warnings(self) -> list[str]:
+        """What a load of these rows should tell the analyst, though nothing stops it."""
+        found = []
+        if self.moved_days:
+            found.append(
+                f"{self.moved_days:,} row(s) are dated in another month than their period under the "
+                f"rule '{self.config.period_rule.label}'; they are stored on the first or last day of "
+                "their period."
+            )
+        if self.split_balances and self._split_example is not None:
+            codes, first, second = self._split_example[:3]
+            found.append(
+                split_balance_warning(self.split_balances, codes, first, second, self._split_example[3])
+            )
+        return found
+
     def scope(self) -> set[tuple[int, date]]:
         """The (scenario id, period) pairs the mapped rows cover."""
         if self.config.fact_kind == FINANCIAL:
             return {(key[3], key[0]) for key in self._sums}
         return {(key[2], month_start(key[0])) for key in self._sums}
+
+
+def split_balance_warning(keys: int, codes: dict[str, str], first: date, second: date, period: date) -> str:
+    """The warning for balance rows of one key dated on two days of one period."""
+    return (
+        f"{keys:,} balance(s) have rows dated on more than one day of the same period, which add "
+        f"up (for example account {codes.get('account')}, entity {codes.get('entity')}, "
+        f"{period:%b %Y}: {first.isoformat()} and {second.isoformat()}). A balance is read once per "
+        "period: check the period rule, or whether the extract holds two snapshots of one month."
+    )
 
 
 def map_rows(

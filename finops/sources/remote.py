@@ -173,11 +173,8 @@ def load_source(source: DataSource, config: Any, opener: Opener, *, report: Repo
     _stream, mapper, _kept, _complete = read_mapped(source, config, opener)
     if mapper.problems:
         raise ImportRejected(mapper.problems.as_errors())
-    if mapper.moved_days:
-        report.warn(
-            f"{mapper.moved_days:,} row(s) are dated in another month than their period under the rule "
-            f"'{config.mapping.period_rule.label}'; they are stored on the first or last day of their period."
-        )
+    for warning in mapper.warnings():
+        report.warn(warning)
     return load_mapped(source, mapper)
 
 

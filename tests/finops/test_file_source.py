@@ -983,3 +983,24 @@ def test_a_snapshot_through_the_bulk_path_removes_the_periods_it_no_longer_has(d
     assert result.method == method_for(load_path, True)
     assert facts() == {(JAN, "4000", "actual"): Decimal("7")}
     assert FEB in result.changed_periods
+
+
+def test_a_balance_dated_on_two_days_of_one_period_is_loaded_with_a_warning(dims, load_path):
+    # Cash (a balance) read at the end of January and again on Feb 1st, which the nearest month
+    # end also puts in January: the two add up (2,000), which is rarely what the extract meant.
+    # Revenue (a flow) on two days of a month is normal and says nothing.
+    source = file_source(mapping={**LEDGER_MAPPING, "period_rule": "nearest_month_end"})
+    upload(
+        source,
+        "Date,Entity,Account,Amount\n2024-01-31,acme,1000,1000\n2024-02-01,acme,1000,1000\n"
+        "2024-01-10,acme,4000,5\n2024-01-20,acme,4000,7\n2024-02-29,acme,1000,900\n",
+    )
+    report = Report()
+    result = files.load(source, report=report)
+    assert result.method == method_for(load_path, True)
+    assert facts()[(JAN, "1000", "actual")] == Decimal("2000")
+    assert report.warnings == [
+        "1 balance(s) have rows dated on more than one day of the same period, which add up (for "
+        "example account 1000, entity acme, Jan 2024: 2024-01-31 and 2024-02-01). A balance is read "
+        "once per period: check the period rule, or whether the extract holds two snapshots of one month."
+    ]
