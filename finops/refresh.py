@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from finops import progress
 from finops.errors import ImportRejected
 from finops.loading import LoadResult, lock_dimensions, record_coverage
 from finops.models import DataSource, RefreshRun
@@ -140,11 +141,15 @@ def refresh(
     total = LoadResult()
     try:
         try:
+            steps = len(sources) + 1  # each source, then the recompute
             with transaction.atomic():
                 lock_dimensions()  # before any code is looked up: see finops.loading
-                for source in sources:
+                for done, source in enumerate(sources):
+                    progress.publish(run.pk, stage=f"Loading {source.name}", done=done, total=steps)
                     _refresh_source(run, source, total)
+                progress.publish(run.pk, stage="Recomputing the KPIs", done=len(sources), total=steps)
                 _recompute(run, None if _needs_full_recompute(previous) else total.changed_periods)
+                progress.publish(run.pk, stage="Publishing", done=steps, total=steps)
                 # In the same commit as the data: a run is never "running" once its work is
                 # published, so a run found running with its worker gone published nothing.
                 _finish(run, total, RefreshRun.Status.FAILED if run.errors else RefreshRun.Status.SUCCEEDED)
@@ -159,6 +164,7 @@ def refresh(
             raise
     finally:
         release_run_lock(run)
+        progress.clear(run.pk)
     return run
 
 

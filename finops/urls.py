@@ -23,6 +23,7 @@ urlpatterns = [
     path("kpis/<slug:code>/facts/", kpi_views.kpi_facts, name="kpi-facts"),
     path("data/", views.data_page, name="data"),
     path("data/refresh/", views.refresh_now, name="refresh-now"),
+    path("data/progress/", views.refresh_progress, name="refresh-progress"),
     path("data/runs/<int:run_id>/", views.run_detail, name="run-detail"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

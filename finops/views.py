@@ -12,9 +12,11 @@ from django.db import Error as DatabaseError
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST, require_safe
 
+from finops import progress
 from finops.data_health import data_overview
 from finops.models import DataSource, RefreshRun
 from finops.roles import is_analyst
@@ -51,11 +53,54 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def data_page(request: HttpRequest) -> HttpResponse:
     overview = data_overview()
+    after = _queued_after(request)
+    waiting = overview.running is None and after is not None and not _started_since(after)
     return render(
         request,
         "finops/data.html",
-        {"overview": overview, "can_refresh": is_analyst(request.user), "nav": "data"},
+        {
+            "overview": overview,
+            "can_refresh": is_analyst(request.user),
+            "nav": "data",
+            "progress": progress.read(overview.running.pk) if overview.running else None,
+            "after": after if waiting else None,
+        },
     )
+
+
+@require_safe
+def refresh_progress(request: HttpRequest) -> HttpResponse:
+    """The Data page's progress panel, polled every few seconds while a refresh runs (or was
+    just queued and no worker has started it yet). When the run is over, the page reloads to
+    show its figures."""
+    running = RefreshRun.objects.filter(status=RefreshRun.Status.RUNNING).order_by("-started_at").first()
+    after = _queued_after(request)
+    if running is None and (after is None or _started_since(after)):
+        response = HttpResponse(status=200)
+        response["HX-Redirect"] = reverse("data")
+        return response
+    return render(
+        request,
+        "finops/_progress.html",
+        {
+            "run": running,
+            "progress": progress.read(running.pk) if running else None,
+            "after": after if running is None else None,
+        },
+    )
+
+
+def _queued_after(request: HttpRequest) -> int | None:
+    """The last run's id when this page's refresh was queued (``?after=``): the queued one is
+    any later run."""
+    try:
+        return int(request.GET.get("after", ""))
+    except ValueError:
+        return None
+
+
+def _started_since(after: int) -> bool:
+    return RefreshRun.objects.filter(pk__gt=after).exists()
 
 
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
@@ -75,10 +120,12 @@ def refresh_now(request: HttpRequest) -> HttpResponse:
     if RefreshRun.objects.filter(status=RefreshRun.Status.RUNNING).exists():
         messages.warning(request, "A refresh is already running; wait for it to finish and try again.")
         return redirect("data")
+    # Before queueing: without a worker (no Redis) the task runs at once, inside this request.
+    last = RefreshRun.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     transaction.on_commit(
         lambda: refresh_task.delay(
             source_slug=slug, trigger=RefreshRun.Trigger.MANUAL, user_id=request.user.pk
         )
     )
-    messages.success(request, "Refresh queued. This page shows the run when it starts.")
-    return redirect("data")
+    messages.success(request, "Refresh queued. This page follows the run while it runs.")
+    return redirect(f"{reverse('data')}?after={last}")

@@ -124,8 +124,9 @@ def test_an_analyst_refreshes_all_sources_and_sees_the_new_run(page, logged_in, 
     with page.expect_navigation():
         button.click()
 
-    assert page.url.endswith("/data/")
+    assert re.search(r"/data/\?after=\d+$", page.url)  # the run had ended: nothing to follow
     assert "Refresh queued" in page.get_by_role("status").inner_text()
+    assert page.locator("#refresh-progress").count() == 0
     new = RefreshRun.objects.latest("started_at")
     assert new.pk != first.pk
     assert (new.trigger, new.status, new.requested_by.username) == ("manual", "succeeded", "analyst")
@@ -133,6 +134,25 @@ def test_an_analyst_refreshes_all_sources_and_sees_the_new_run(page, logged_in, 
     assert latest_row.get_by_role("link").inner_text() == f"#{new.pk}"
     assert "Refresh now (analyst)" in latest_row.inner_text()
     assert runs_table(page).locator("tbody tr").count() == RefreshRun.objects.count()
+
+
+def test_the_data_page_follows_a_running_refresh_and_reloads_when_it_ends(page, logged_in):
+    from finops import progress
+
+    load_demo(months=12)
+    run = RefreshRun.objects.create(status=RefreshRun.Status.RUNNING)
+    progress.publish(run.pk, stage="Loading Demo company", done=0, total=2)
+    logged_in("cfo", DEMO_PASSWORD)
+    page.goto("/data/")
+    panel = page.locator("#refresh-progress")
+    assert "Loading Demo company, step 1 of 2" in panel.inner_text()
+    progress.publish(run.pk, stage="Recomputing the KPIs", done=1, total=2)
+    page.wait_for_function(
+        "document.querySelector('#refresh-progress').innerText.includes('Recomputing the KPIs, step 2 of 2')"
+    )
+    RefreshRun.objects.filter(pk=run.pk).update(status=RefreshRun.Status.SUCCEEDED)
+    page.wait_for_function("document.querySelector('#refresh-progress') === null")  # reloaded
+    assert f"#{run.pk}" in runs_table(page).inner_text()
 
 
 def test_the_pages_fit_a_tablet_without_sideways_scrolling(page, logged_in):

@@ -97,3 +97,70 @@ def test_a_runs_report_names_row_and_column_of_each_error(client):
     body = response.content.decode()
     assert "Failed" in body and "ledger.csv" in body and "12,x" in body and "is not a number" in body
     assert len(queries) == 4  # session, user, run, user's groups (menu)
+
+
+# --- a refresh's progress, while it runs ------------------------------------------------------
+
+
+def test_a_running_refresh_shows_its_progress_and_the_page_reloads_when_it_ends(client):
+    from finops import progress
+
+    run = RefreshRun.objects.create(status=RefreshRun.Status.RUNNING)
+    progress.publish(run.pk, stage="Loading General ledger", done=1, total=3)
+    client.force_login(factories.leadership_user())
+    page = client.get(reverse("data")).content.decode()
+    assert "Loading General ledger, step 2 of 3" in page
+    assert f'hx-get="{reverse("refresh-progress")}"' in page and 'hx-trigger="every 2s"' in page
+    with CaptureQueriesContext(connection) as queries:
+        panel = client.get(reverse("refresh-progress"))
+    assert len(queries) == 3, [q["sql"] for q in queries]  # session, user, the running run
+    assert "Loading General ledger, step 2 of 3" in panel.content.decode()
+    assert 'value="1"' in panel.content.decode()  # the <progress> bar
+    run.status = RefreshRun.Status.SUCCEEDED
+    run.save()
+    ended = client.get(reverse("refresh-progress"))
+    assert ended["HX-Redirect"] == reverse("data")
+
+
+def test_the_refresh_reports_each_stage_and_clears_its_progress(monkeypatch):
+    from finops import progress
+
+    factories.dimensions()
+    for slug in ("ledger0", "ledger1"):
+        src = factories.source(slug)
+        src.config = {"rows": [["2024-01-01", "1"]]}
+        src.save()
+    stages = []
+    real_publish = progress.publish
+
+    def publish(run_id, **report):
+        stages.append((report["stage"], report["done"], report["total"]))
+        real_publish(run_id, **report)
+
+    monkeypatch.setattr(progress, "publish", publish)
+    run = refresh()
+    assert stages == [
+        ("Loading Ledger0", 0, 3),
+        ("Loading Ledger1", 1, 3),
+        ("Recomputing the KPIs", 2, 3),
+        ("Publishing", 3, 3),
+    ]
+    assert progress.read(run.pk) is None  # cleared when the run ended
+
+
+def test_a_queued_refresh_is_followed_until_a_worker_has_run_it(client):
+    factories.dimensions()
+    make_sources(1)
+    client.force_login(factories.analyst_user())
+    response = client.post(reverse("refresh-now"), {"source": "ledger0"})  # no worker runs it here
+    assert response.url.endswith(f"?after={RefreshRun.objects.latest('pk').pk}")
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(response.url).content.decode()
+    assert len(queries) == 9, [q["sql"] for q in queries]  # the data page's 8, and "a run since?"
+    assert "waiting for a worker to start it" in page
+    after = response.url.split("after=")[1]
+    panel = client.get(reverse("refresh-progress"), {"after": after})
+    assert "waiting for a worker" in panel.content.decode() and "HX-Redirect" not in panel
+    refresh(source_slug="ledger0")  # the worker's run
+    assert client.get(reverse("refresh-progress"), {"after": after})["HX-Redirect"] == reverse("data")
+    assert "waiting for a worker" not in client.get(response.url).content.decode()
