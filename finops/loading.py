@@ -24,7 +24,7 @@ Both give the same facts and the same ``LoadResult`` for the same input (tested 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -316,6 +316,25 @@ OPERATIONAL_SPEC = StageSpec(
 )
 
 
+def big_query_settings(cursor, work_mem: str = LOAD_WORK_MEM) -> Callable[[], None]:
+    """Settings for big set-based statements in this transaction: ``work_mem`` for their hash
+    tables, and no JIT compilation (far above its cost threshold, compiling them in every
+    parallel worker costs more than it saves). Returns what puts the previous values back (a
+    rolled-back savepoint puts them back by itself). Nothing to do outside PostgreSQL."""
+    if connection.vendor != "postgresql":
+        return lambda: None
+    cursor.execute(
+        "SELECT current_setting('work_mem'), current_setting('jit'), "
+        "set_config('work_mem', %s, true), set_config('jit', 'off', true)",
+        [work_mem],
+    )
+    previous_work_mem, previous_jit = cursor.fetchone()[:2]
+    return lambda: cursor.execute(
+        "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)",
+        [previous_work_mem, previous_jit],
+    )
+
+
 def copy_min_rows() -> int:
     return int(getattr(settings, "FINOPS_LOAD_COPY_MIN_ROWS", COPY_MIN_ROWS))
 
@@ -387,12 +406,7 @@ def replace_staged(spec: StageSpec, source: DataSource) -> LoadResult:
     changed = " OR ".join(f"f.{name} <> s.{name}" for name in spec.values)
     result = LoadResult()
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT current_setting('jit'), current_setting('work_mem'), "
-            "set_config('jit', 'off', true), set_config('work_mem', %s, true)",
-            [LOAD_WORK_MEM],
-        )
-        jit, work_mem = cursor.fetchone()[:2]
+        restore = big_query_settings(cursor)
         cursor.execute(f"ANALYZE {stage}")
         cursor.execute(f"SELECT count(*) FROM {stage}")  # noqa: S608 - our own table names only
         staged = cursor.fetchone()[0]
@@ -438,9 +452,7 @@ def replace_staged(spec: StageSpec, source: DataSource) -> LoadResult:
         cursor.execute(f"DROP TABLE {stage}")
         if spec.model is FinancialFact:
             update_ledger_totals(result.changed_periods)
-        cursor.execute(
-            "SELECT set_config('jit', %s, true), set_config('work_mem', %s, true)", [jit, work_mem]
-        )
+        restore()
     return result
 
 

@@ -9,18 +9,19 @@ keep almost every row of a large ledger as its own group), and only those group 
 mapped onto measures, through an inline VALUES table of (account, measure, sign,
 department) rows. Raw fact rows never leave the database, so memory does not grow with the
 row count, and money stays exact (``numeric`` in PostgreSQL, ``Decimal`` in Python). The big
-GROUP BY runs without JIT compilation (see ``_hash_memory``).
+GROUP BY runs without JIT compilation (``finops.loading.big_query_settings``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import date
 from decimal import Decimal
 
 from django.db import connection, transaction
 
+from finops.loading import big_query_settings
 from finops.models import Account, Department, FinancialFact, LedgerTotal, OperationalFact, Scenario
 from kpis.models import Measure
 
@@ -181,7 +182,7 @@ def operational_totals(measures: Iterable[Measure], months: list[date] | None = 
 
 def _fetch(sql: str, params: list) -> MonthlyTotals:
     with transaction.atomic(), connection.cursor() as cursor:
-        restore = _hash_memory(cursor)
+        restore = big_query_settings(cursor, WORK_MEM)
         cursor.execute(sql, params)
         rows = cursor.fetchall()
         restore()
@@ -189,25 +190,6 @@ def _fetch(sql: str, params: list) -> MonthlyTotals:
         (measure_id, scenario_id, entity_id, _as_date(period)): _as_decimal(total)
         for measure_id, scenario_id, entity_id, period, total in rows
     }
-
-
-def _hash_memory(cursor) -> Callable[[], None]:
-    """Settings for one big GROUP BY; returns what puts them back.
-
-    Enough memory for the hash table (tens of thousands of groups) not to spill to disk, and
-    no JIT compilation: the scan is far above the JIT cost threshold, and compiling it (in
-    every parallel worker) costs more than it saves on millions of rows."""
-    if connection.vendor != "postgresql":
-        return lambda: None
-    cursor.execute(
-        "SELECT current_setting('work_mem'), current_setting('jit'), "
-        "set_config('work_mem', %s, true), set_config('jit', 'off', true)",
-        [WORK_MEM],
-    )
-    work_mem, jit = cursor.fetchone()[:2]
-    return lambda: cursor.execute(
-        "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", [work_mem, jit]
-    )
 
 
 def _as_date(value) -> date:  # SQLite returns ISO strings from raw SQL

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import IO
@@ -46,8 +45,8 @@ from django.db import DatabaseError, connection, transaction
 
 from finops.loading import (
     FINANCIAL_SPEC,
-    LOAD_WORK_MEM,
     LoadResult,
+    big_query_settings,
     copy_available,
     lock_dimensions,
     replace_staged,
@@ -153,7 +152,7 @@ def _load(
     lock_dimensions()
     lookups = Lookups.from_db()
     with connection.cursor() as cursor:
-        restore = _set_local(cursor)
+        restore = big_query_settings(cursor)
         cells = ", ".join(f"c{i} text" for i in range(len(plan.header)))
         cursor.execute(f"DROP TABLE IF EXISTS {RAW}")
         cursor.execute(f"CREATE TEMPORARY TABLE {RAW} ({cells}) ON COMMIT DROP")
@@ -258,20 +257,6 @@ def _warn_split_balances(cursor, report: Report, balance_accounts: list[int]) ->
         keys, entity, account, period, first, last = found
         codes = {"entity": entity, "account": account}
         report.warn(split_balance_warning(keys, codes, first, last, period))
-
-
-def _set_local(cursor) -> Callable[[], None]:
-    """Enough memory for the hash tables and no JIT, until the returned function puts back
-    what was set (a rolled-back savepoint puts them back by itself)."""
-    cursor.execute(
-        "SELECT current_setting('work_mem'), current_setting('jit'), "
-        "set_config('work_mem', %s, true), set_config('jit', 'off', true)",
-        [LOAD_WORK_MEM],
-    )
-    work_mem, jit = cursor.fetchone()[:2]
-    return lambda: cursor.execute(
-        "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)", [work_mem, jit]
-    )
 
 
 def _literal(text: str) -> str:
