@@ -31,8 +31,11 @@ class ImportRejected(Exception):
 
     MAX_SHOWN = 20
 
-    def __init__(self, errors: list[RowError]):
+    def __init__(self, errors: list[RowError], *, rows: int | None = None):
         self.errors = errors
+        # How many input rows were refused: the errors may list only some of them (and the
+        # file's own problems are no row). None: one per error.
+        self.rows = len(errors) if rows is None else rows
         shown = "\n".join(f"  {error}" for error in errors[: self.MAX_SHOWN])
         more = len(errors) - self.MAX_SHOWN
         tail = f"\n  ... and {more} more" if more > 0 else ""

@@ -178,7 +178,7 @@ def _refresh_source(run: RefreshRun, source: DataSource, total: LoadResult) -> N
             record_coverage(source=source)
     except ImportRejected as rejected:
         step["status"] = "rejected"
-        run.rows_rejected += len(rejected.errors)
+        run.rows_rejected += rejected.rows
         run.errors.extend(
             {"source": source.slug, **error.as_dict(), "message": str(error)}
             for error in rejected.errors[:1000]

@@ -363,7 +363,7 @@ def load(source: DataSource, *, report: Report) -> LoadResult:
         return result
     _item, _table, mapper, _kept, _complete = _read(source, config)
     if mapper.problems:
-        raise ImportRejected(mapper.problems.as_errors())
+        raise mapper.problems.rejected()
     for warning in mapper.warnings():
         report.warn(warning)
     return load_mapped(source, mapper)

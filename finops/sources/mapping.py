@@ -59,7 +59,7 @@ from typing import Any
 
 from django.db.models import Q
 
-from finops.errors import RowError
+from finops.errors import ImportRejected, RowError
 from finops.loading import LoadResult, load_financial_facts, load_operational_facts, update_ledger_totals
 from finops.models import (
     MONEY_DIGITS,
@@ -364,6 +364,10 @@ class Problems:
     @property
     def listed(self) -> int:
         return len(self.items)
+
+    def rejected(self) -> ImportRejected:
+        """The error that refuses the input, with every problem counted."""
+        return ImportRejected(self.as_errors(), rows=self.rows)
 
     def as_errors(self) -> list[RowError]:
         """The listed problems, then one line saying how many more there were."""

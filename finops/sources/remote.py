@@ -172,7 +172,7 @@ def load_source(source: DataSource, config: Any, opener: Opener, *, report: Repo
     """Read, validate and load, all or nothing (as the file source does)."""
     _stream, mapper, _kept, _complete = read_mapped(source, config, opener)
     if mapper.problems:
-        raise ImportRejected(mapper.problems.as_errors())
+        raise mapper.problems.rejected()
     for warning in mapper.warnings():
         report.warn(warning)
     return load_mapped(source, mapper)

@@ -504,6 +504,7 @@ def test_many_problems_are_capped_with_the_total_counted(loaded):
     assert len(run.errors) == 201
     assert sum(1 for e in run.errors if e["column"] == "Amount") == 5
     assert "1,100 more problem(s) not listed (1,300 in all, in 1,300 row(s))" in run.errors[-1]["reason"]
+    assert run.rows_rejected == 1300  # every refused row is counted, not only those listed
 
 
 def test_a_bad_config_is_reported_per_setting_on_the_run(dims):
