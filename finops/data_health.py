@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from statistics import median
 
+from django.conf import settings
 from django.db.models import Max
+from django.utils import timezone
 
 from finops.models import DataSource, PeriodCoverage, RefreshRun
 from finops.periods import month_range
@@ -44,6 +46,7 @@ class SourceSummary:
     last_success: datetime | None
     last_run: RefreshRun | None
     lines: list[CoverageLine]
+    stale: bool = False  # active, and not loaded successfully for FINOPS_STALE_AFTER_HOURS
 
 
 @dataclass
@@ -52,6 +55,11 @@ class DataOverview:
     months: list[date]
     runs: list[RefreshRun]
     running: RefreshRun | None
+    stale_after_hours: int = 0
+
+    @property
+    def stale(self) -> list[SourceSummary]:
+        return [summary for summary in self.sources if summary.stale]
 
 
 def data_overview() -> DataOverview:
@@ -96,6 +104,8 @@ def data_overview() -> DataOverview:
         line.cells = [(m, rows_by_period.get(m), _cell_state(m, line)) for m in months]
         by_source[key[0]].append(line)
 
+    stale_hours = settings.FINOPS_STALE_AFTER_HOURS
+    stale_before = timezone.now() - timedelta(hours=stale_hours)
     # "Whole refresh" runs (no source) count for every source they covered.
     latest_any = next((run for run in runs if run.source_id is None), None)
     summaries = []
@@ -105,9 +115,12 @@ def data_overview() -> DataOverview:
         success = last_success.get(source.pk)
         if last_success.get(None) and (success is None or last_success[None] > success):
             success = last_success[None]
-        summaries.append(SourceSummary(source, success, last_run, by_source.get(source.pk, [])))
+        stale = source.is_active and (success is None or success < stale_before)
+        summaries.append(SourceSummary(source, success, last_run, by_source.get(source.pk, []), stale))
     running = next((run for run in runs if run.status == RefreshRun.Status.RUNNING), None)
-    return DataOverview(sources=summaries, months=months, runs=runs, running=running)
+    return DataOverview(
+        sources=summaries, months=months, runs=runs, running=running, stale_after_hours=stale_hours
+    )
 
 
 def _cell_state(month: date, line: CoverageLine) -> str:

@@ -152,6 +152,9 @@ MEDIA_ROOT = Path(envstr("MEDIA_ROOT", str(BASE_DIR / "media")))
 FINOPS_SOURCE_FILES_DIR = Path(envstr("FINOPS_SOURCE_FILES_DIR", str(BASE_DIR / "var" / "sources")))
 FINOPS_SOURCE_FILE_MAX_BYTES = envint("FINOPS_SOURCE_FILE_MAX_BYTES", 200 * 1024 * 1024)
 FINOPS_SOURCE_XLSX_MAX_UNCOMPRESSED_BYTES = envint("FINOPS_SOURCE_XLSX_MAX_UNCOMPRESSED_BYTES", 1024**3)
+# The Data page flags an active source as stale when its last successful load is older than
+# this: a night's refresh missed, with a margin.
+FINOPS_STALE_AFTER_HOURS = envint("FINOPS_STALE_AFTER_HOURS", 36)
 
 # Periods: the base grain is the calendar month; quarters and years follow the fiscal
 # year, which starts in this month (1 = January, 7 = July).

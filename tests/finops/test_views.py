@@ -164,3 +164,22 @@ def test_a_queued_refresh_is_followed_until_a_worker_has_run_it(client):
     refresh(source_slug="ledger0")  # the worker's run
     assert client.get(reverse("refresh-progress"), {"after": after})["HX-Redirect"] == reverse("data")
     assert "waiting for a worker" not in client.get(response.url).content.decode()
+
+
+def test_a_source_not_loaded_for_too_long_is_flagged_stale(client, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.FINOPS_STALE_AFTER_HOURS = 36
+    factories.dimensions()
+    make_sources(2)
+    # ledger1's last successful load was two days ago: a nightly refresh was missed.
+    old = RefreshRun.objects.filter(source__slug="ledger1")
+    old.update(finished_at=timezone.now() - timedelta(hours=48))
+    client.force_login(factories.leadership_user())
+    body = client.get(reverse("data")).content.decode()
+    assert "1 active source has not loaded successfully for more than 36 hours: Ledger1." in body
+    assert body.count("▲</span> stale") == 1
+    DataSource.objects.filter(slug="ledger1").update(is_active=False)  # switched off: not stale
+    assert "stale" not in client.get(reverse("data")).content.decode()
