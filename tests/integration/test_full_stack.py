@@ -169,6 +169,7 @@ class Response:
     url: str
     location: str
     body: str
+    redirect: str = ""  # htmx's HX-Redirect header
 
 
 class Browser:
@@ -185,7 +186,14 @@ class Browser:
         headers = {"Referer": urllib.parse.urljoin(self.base, referer)} if referer else {}
         try:
             with self.opener.open(urllib.request.Request(url, data=data, headers=headers), timeout=30) as r:
-                return Response(r.status, url, r.headers.get("Location", ""), r.read().decode())
+                headers = r.headers
+                return Response(
+                    r.status,
+                    url,
+                    headers.get("Location", ""),
+                    r.read().decode(),
+                    headers.get("HX-Redirect", ""),
+                )
         except urllib.error.HTTPError as error:  # 3xx (not followed), 4xx and 5xx
             return Response(error.code, url, error.headers.get("Location", ""), error.read().decode())
 
@@ -339,9 +347,12 @@ def test_the_stack_serves_pages_and_runs_refreshes_in_the_worker_and_on_schedule
         # "Refresh now": the view queues the task on commit, the worker runs it.
         queued = analyst.post_form("/data/", "/data/refresh/", {"source": "demo"})
         assert queued.status == 302, queued.body[:2000]
-        assert queued.location == "/data/"
+        assert queued.location.startswith("/data/?after="), queued.location
         manual = stack.wait("a manual run", lambda: succeeded_run(db, "manual"), RUN_TIMEOUT)
         assert manual["rows_read"] > 0
+        # The Data page's progress panel, polled after Refresh now, sees the worker's run end.
+        after = queued.location.partition("?")[2]
+        assert analyst.request(f"/data/progress/?{after}").redirect == "/data/"
         stack.wait_for_log(worker, f"{{'run': {manual['id']}, 'status': 'succeeded'}}", timeout=10)
         assert "refresh run" not in web.text()[web_log_before_refresh:], "the web process ran the refresh"
 
