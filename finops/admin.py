@@ -768,7 +768,8 @@ class RefreshRunAdmin(admin.ModelAdmin):
 
 
 class FactAdmin(admin.ModelAdmin):
-    """Facts are written only by loads; the admin shows them read-only."""
+    """Facts are written only by loads (which keep the ledger totals and the coverage with
+    them); the admin shows them read-only. To remove a source's facts, load it again."""
 
     date_hierarchy = "period"
     show_full_result_count = False
@@ -777,6 +778,9 @@ class FactAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 

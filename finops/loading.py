@@ -456,6 +456,27 @@ def replace_staged(spec: StageSpec, source: DataSource) -> LoadResult:
     return result
 
 
+def delete_facts_outside(
+    model: type[models.Model], source: DataSource, scope: set[tuple[int, date]]
+) -> tuple[int, set[date]]:
+    """Delete ``source``'s facts of ``model`` outside ``scope``, the (scenario id, period) pairs
+    a full-snapshot input covers (every fact of the source when the scope is empty); returns
+    how many and in which months. Keeps the ledger totals, as every write here does."""
+    covered = models.Q()
+    for scenario_id, period in scope:
+        covered |= models.Q(scenario_id=scenario_id, period=period)
+    stale = model.objects.filter(source=source)
+    if scope:
+        stale = stale.exclude(covered)
+    months = set(stale.values_list("period", flat=True).distinct())
+    if not months:
+        return 0, months
+    deleted = stale.delete()[0]
+    if model is FinancialFact:
+        update_ledger_totals(months)
+    return deleted, months
+
+
 def update_ledger_totals(months: Iterable[date]) -> None:
     """Recompute ``LedgerTotal`` for these months from the financial facts (every scenario).
 

@@ -92,11 +92,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from django.db import models
-from django.db.models import Q
 from django.utils.text import slugify
 
 from finops.errors import ImportRejected, RowError
-from finops.loading import LoadResult, load_financial_facts, load_operational_facts
+from finops.loading import LoadResult, delete_facts_outside, load_financial_facts, load_operational_facts
 from finops.models import (
     Account,
     CurrencyRate,
@@ -1138,18 +1137,6 @@ def _write_rates(source: DataSource, export: Export) -> None:
     CurrencyRate.objects.filter(id__in=[rate.id for rate in stored.values()]).delete()
 
 
-def _delete_outside(
-    model: type[models.Model], source: DataSource, scope: set[tuple[int, date]]
-) -> tuple[int, set[date]]:
-    """Delete ``source``'s facts outside the scenario-periods of ``scope``: how many, which months."""
-    covered = Q()
-    for scenario_id, period in scope:
-        covered |= Q(scenario_id=scenario_id, period=period)
-    stale = model.objects.filter(source=source).exclude(covered)
-    months = set(stale.values_list("period", flat=True).distinct())
-    return (stale.delete()[0] if months else 0), months
-
-
 def _config(source: DataSource) -> tuple[Path, PeriodRule]:
     config = source.config or {}
     where = f"data source {source.slug}"
@@ -1193,8 +1180,8 @@ def load(source: DataSource, *, report: Report) -> LoadResult:
 
     # The export is a full snapshot: what this source holds outside the periods just loaded
     # (after a change of period rule, say) is gone from the source too.
-    stale, months = _delete_outside(FinancialFact, source, {(row[3], row[0]) for row in finance})
-    stale_operational, operational_months = _delete_outside(
+    stale, months = delete_facts_outside(FinancialFact, source, {(row[3], row[0]) for row in finance})
+    stale_operational, operational_months = delete_facts_outside(
         OperationalFact, source, {(row[2], row[0].replace(day=1)) for row in operational}
     )
     if stale or stale_operational:

@@ -110,11 +110,10 @@ from decimal import Decimal
 from typing import NamedTuple
 
 import numpy as np
-from django.db.models import Q
 from django.utils import timezone
 
 from finops.errors import ImportRejected, RowError
-from finops.loading import LoadResult, load_financial_facts, load_operational_facts
+from finops.loading import LoadResult, delete_facts_outside, load_financial_facts, load_operational_facts
 from finops.models import (
     Account,
     CurrencyRate,
@@ -1280,20 +1279,23 @@ def _write_rates(source: DataSource, rates: list[RateRow]) -> None:
         CurrencyRate.objects.filter(pk__in=[r.pk for r in stored.values()]).delete()
 
 
-def _delete_outside(source: DataSource, config: DemoConfig, scenario_ids: dict[str, int]) -> int:
+def _delete_outside(source: DataSource, config: DemoConfig, scenario_ids: dict[str, int]) -> LoadResult:
     """Delete the source's facts outside the generated months (after a config change)."""
-    keep = Q()
-    for code, periods in (
-        (ACTUAL, config.periods),
-        (BUDGET, config.periods),
-        (FORECAST, config.forecast_periods),
-    ):
-        keep |= Q(scenario_id=scenario_ids[code], period__in=periods)
-    deleted = 0
+    scope = {
+        (scenario_ids[code], period)
+        for code, periods in (
+            (ACTUAL, config.periods),
+            (BUDGET, config.periods),
+            (FORECAST, config.forecast_periods),
+        )
+        for period in periods
+    }
+    result = LoadResult()
     for model in (FinancialFact, OperationalFact):
-        count, _ = model.objects.filter(source=source).exclude(keep).delete()
-        deleted += count
-    return deleted
+        deleted, months = delete_facts_outside(model, source, scope)
+        result.rows_deleted += deleted
+        result.changed_periods |= months  # the incremental recompute must redo those months
+    return result
 
 
 def load(source: DataSource, *, report: Report) -> LoadResult:
@@ -1335,7 +1337,7 @@ def load(source: DataSource, *, report: Report) -> LoadResult:
             ),
         )
     )
-    result.rows_deleted += _delete_outside(source, config, scenario)
+    result.add(_delete_outside(source, config, scenario))
     return result
 
 

@@ -57,10 +57,8 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Q
-
 from finops.errors import ImportRejected, RowError
-from finops.loading import LoadResult, load_financial_facts, load_operational_facts, update_ledger_totals
+from finops.loading import LoadResult, delete_facts_outside, load_financial_facts, load_operational_facts
 from finops.models import (
     MONEY_DIGITS,
     MONEY_PLACES,
@@ -866,16 +864,7 @@ def remove_outside_scope(
     own, other = (
         (FinancialFact, OperationalFact) if fact_kind == FINANCIAL else (OperationalFact, FinancialFact)
     )
-    covered = Q()
-    for scenario_id, period in scope:
-        covered |= Q(scenario_id=scenario_id, period=period)
-    for stale in (
-        own.objects.filter(source=source).exclude(covered),
-        other.objects.filter(source=source),
-    ):
-        months = set(stale.values_list("period", flat=True).distinct())
-        if months:
-            result.rows_deleted += stale.delete()[0]
-            result.changed_periods |= months
-            if stale.model is FinancialFact:
-                update_ledger_totals(months)
+    for model, kept in ((own, scope), (other, set())):
+        deleted, months = delete_facts_outside(model, source, kept)
+        result.rows_deleted += deleted
+        result.changed_periods |= months

@@ -37,6 +37,7 @@ from finops.models import (
 from finops.periods import month_range
 from finops.selectors import account_rollup_total
 from finops.sources.adventureworks import read_export
+from tests import factories
 
 pytestmark = pytest.mark.django_db
 
@@ -171,6 +172,7 @@ def test_changing_the_rule_to_nearest_month_end_moves_every_period_and_leaves_no
     assert stored_sum("actual") == ACTUAL_SUM
     assert stored_sum("budget") == BUDGET_SUM
     assert "in Dec 2011, Jan 2014, periods the export no longer covers" in out.getvalue()
+    factories.assert_ledger_totals_match_facts()  # the deleted months are gone from them too
     assert source().config["period_rule"] == "nearest_month_end"
     # Booked 2013-02-28, that month is Feb 2013 under this rule (Mar 2013 under the default).
     assert account_rollup_total(

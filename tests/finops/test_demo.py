@@ -18,6 +18,7 @@ from finops.models import Account, CurrencyRate, DataSource, FinancialFact, Oper
 from finops.periods import days_in_month
 from finops.roles import DEMO_PASSWORD, DEMO_USERS
 from finops.sources import Report, demo
+from tests import factories
 
 CONFIG = demo.DemoConfig(seed=7, start=date(2023, 1, 1), months=36)
 
@@ -444,6 +445,9 @@ def test_demo_keeps_its_start_month_and_drops_months_no_longer_generated():
     assert last == date(2024, 2, 1)
     assert not OperationalFact.objects.filter(source=source, period__gt=date(2024, 2, 1)).exists()
     assert CurrencyRate.objects.filter(source=source).count() == 24 + 6
+    # The months dropped are gone from the ledger totals too, and the recompute is told of them.
+    factories.assert_ledger_totals_match_facts()
+    assert date(2025, 2, 1) in result.changed_periods
 
 
 @pytest.mark.django_db
