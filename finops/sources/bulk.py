@@ -34,8 +34,13 @@ take the row path.
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
 from typing import IO
@@ -43,6 +48,7 @@ from typing import IO
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
+from finops.errors import ImportRejected
 from finops.loading import (
     FINANCIAL_SPEC,
     LoadResult,
@@ -65,17 +71,23 @@ from finops.sources.mapping import (
     remove_outside_scope,
     split_balance_warning,
 )
-from finops.sources.tabular import CSV, encoding_label
+from finops.sources.tabular import CSV, CSV_FIELD_LIMIT, Table, encoding_label
 
 log = logging.getLogger(__name__)
 
 BULK_MIN_BYTES = 4 * 1024 * 1024  # default of settings.FINOPS_LOAD_BULK_MIN_BYTES
 MAX_DATE_TEXTS = 200_000  # distinct date texts parsed in Python; more: the row path
 RAW = "finops_bulk_raw"
+PLAIN_SCAN_CHUNK = 4 * 1024 * 1024
+REWRITE_ROWS_PER_READ = 10_000
 # Python codec name (as codecs.lookup spells it) -> PostgreSQL's name for the same table.
 PG_ENCODINGS = {"latin-1": "LATIN1", "iso8859-1": "LATIN1", "cp1252": "WIN1252"}  # UTF-8 aside
 CODE_TABLES = {"entity": "entity", "department": "department", "account": "account", "scenario": "scenario"}
 BLANK = r"^[ \t\r\n\f\v]*$"  # a cell the row path sees as blank (a strict subset of them)
+
+
+# Opens the file as the row path reads it: a context manager giving (input, table).
+TableOpener = Callable[[], AbstractContextManager[tuple[object, Table]]]
 
 
 class GiveWay(Exception):  # noqa: N818 - not an error: the row path takes the file
@@ -119,23 +131,59 @@ def plan_for(
 
 
 def load(
-    source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[bytes], *, report: Report
+    source: DataSource,
+    mapping: MappingConfig,
+    plan: Plan,
+    stream: IO[bytes],
+    open_table: TableOpener,
+    *,
+    report: Report,
 ) -> LoadResult | None:
-    """Load the file through the bulk path, or return None (nothing written) to give way."""
+    """Load the file through the bulk path, or return None (nothing written) to give way.
+
+    ``stream`` is the file's bytes (seekable); ``open_table()`` opens it as the row path
+    reads it (``finops.sources.files.open_source_table``). Only what happens while staging
+    makes the bulk path give way; an error while applying the staged rows to the facts is
+    the load's error, as it would be on the row path."""
+    timings: dict[str, float] = {}
     try:
         with transaction.atomic():  # a savepoint inside the refresh's transaction
-            return _load(source, mapping, plan, stream, report)
+            staged = _stage(mapping, plan, stream, open_table, report, timings)
     except GiveWay as reason:
         log.info("file source %s: row-by-row path, because %s", source.slug, reason)
+        return None
+    except ImportRejected as rejected:  # Python's reader refused the file: the row path says why
+        log.info("file source %s: row-by-row path, because %s", source.slug, rejected.errors[0])
+        return None
     except (DatabaseError, connection.Database.Error) as error:  # COPY could not read the file
         log.info("file source %s: row-by-row path, because COPY stopped: %s", source.slug, error)
-    return None
+        return None
+    clock = time.perf_counter()
+    result = replace_staged(FINANCIAL_SPEC, source)
+    result.rows_read = staged.rows
+    result.method = "bulk"
+    if staged.scope is not None:
+        remove_outside_scope(source, FINANCIAL, staged.scope, result)
+    timings["replace"] = round(time.perf_counter() - clock, 3)
+    result.timings = timings
+    return result
 
 
-def _load(
-    source: DataSource, mapping: MappingConfig, plan: Plan, stream: IO[bytes], report: Report
-) -> LoadResult:
-    timings: dict[str, float] = {}
+@dataclass
+class _Staged:
+    rows: int  # data rows read
+    scope: set[tuple[int, date]] | None  # the (scenario, period) pairs, for a snapshot
+
+
+def _stage(
+    mapping: MappingConfig,
+    plan: Plan,
+    stream: IO[bytes],
+    open_table: TableOpener,
+    report: Report,
+    timings: dict[str, float],
+) -> _Staged:
+    """COPY the file, check and group it into ``FINANCIAL_SPEC.table``; GiveWay if unsure."""
     clock = time.perf_counter()
 
     def lap(step: str) -> None:
@@ -156,13 +204,19 @@ def _load(
         cells = ", ".join(f"c{i} text" for i in range(len(plan.header)))
         cursor.execute(f"DROP TABLE IF EXISTS {RAW}")
         cursor.execute(f"CREATE TEMPORARY TABLE {RAW} ({cells}) ON COMMIT DROP")
-        options = (
-            f"FORMAT csv, DELIMITER {_literal(plan.delimiter)}, "
-            f"HEADER {'true' if plan.has_header_line else 'false'}, ENCODING '{plan.pg_encoding}'"
-        )
-        source_bytes = _without_bom(stream) if plan.pg_encoding == "UTF8" else stream
-        cursor.copy_expert(f"COPY {RAW} FROM STDIN WITH ({options})", source_bytes, size=1 << 20)
-        lap("copy")
+        if _plain(stream):  # PostgreSQL splits it exactly as Python's csv module does
+            options = (
+                f"FORMAT csv, DELIMITER {_literal(plan.delimiter)}, "
+                f"HEADER {'true' if plan.has_header_line else 'false'}, ENCODING '{plan.pg_encoding}'"
+            )
+            source_bytes = _without_bom(stream) if plan.pg_encoding == "UTF8" else stream
+            cursor.copy_expert(f"COPY {RAW} FROM STDIN WITH ({options})", source_bytes, size=1 << 20)
+            lap("copy")
+        else:  # quotes (or other CSV subtleties): the row path's own reader splits the rows
+            with open_table() as (_item, table):
+                rows = _rewritten(table.rows, len(plan.header))
+                cursor.copy_expert(f"COPY {RAW} FROM STDIN WITH (FORMAT csv, ENCODING 'UTF8')", rows)
+            lap("read and copy")
 
         blank = " AND ".join(f"(r.c{i} IS NULL OR r.c{i} ~ '{BLANK}')" for i in range(len(plan.header)))
         joins, ids = [], {}
@@ -230,15 +284,7 @@ def _load(
             cursor.execute(f"SELECT DISTINCT scenario_id, period FROM {FINANCIAL_SPEC.table}")  # noqa: S608
             scope = set(cursor.fetchall())
         restore()
-    result = replace_staged(FINANCIAL_SPEC, source)
-    lap("replace")
-    result.rows_read = int(rows)
-    result.method = "bulk"
-    if scope is not None:
-        remove_outside_scope(source, FINANCIAL, scope, result)
-        lap("snapshot")
-    result.timings = timings
-    return result
+    return _Staged(rows=int(rows), scope=scope)
 
 
 def _warn_split_balances(cursor, report: Report, balance_accounts: list[int]) -> None:
@@ -324,6 +370,68 @@ def _amount_sql(cell: str, mapping: MappingConfig) -> str:
     if decimal != ".":
         text = f"replace({text}, {_literal(decimal)}, '.')"
     return f"CASE WHEN {cell} ~ {_literal(pattern)} THEN ({text})::numeric END"
+
+
+def _plain(stream: IO[bytes]) -> bool:
+    """Whether PostgreSQL's CSV parser splits this file exactly as Python's ``csv`` module
+    (the row path) does: no quote character anywhere (the two read a quote inside a field
+    differently), no line starting with a backslash and a period (COPY's end-of-data mark),
+    and no line anywhere near the row path's cell limit (it refuses longer cells; COPY would
+    not). One pass over the bytes at the speed of ``bytes.find``; the stream is rewound."""
+    half = CSV_FIELD_LIMIT // 2
+    last, run, plain = b"\n", 0, True  # run: bytes since the last newline
+    while plain and (chunk := stream.read(PLAIN_SCAN_CHUNK)):
+        if b'"' in chunk or b"\n\\." in last + chunk[:2] or b"\n\\." in chunk:
+            plain = False
+            break
+        first = chunk.find(b"\n")
+        if first < 0:
+            run += len(chunk)
+        else:
+            # A line of CSV_FIELD_LIMIT bytes or more holds a whole window of half that size,
+            # on this grid, without a newline (a shorter line may be taken for a long one).
+            long_inside = any(
+                chunk.find(b"\n", start, start + half) < 0
+                for start in range(first, len(chunk) - half + 1, half)
+            )
+            plain = not long_inside and run + first < half
+            run = len(chunk) - chunk.rfind(b"\n") - 1
+        plain = plain and run < half
+        last = chunk[-1:]
+    stream.seek(0)
+    return plain
+
+
+def _rewritten(rows: Iterator[tuple[int, list]], width: int) -> _CsvStream:
+    """The rows as the row path reads them, written again as CSV with every cell quoted, for
+    COPY: one parser (Python's) decides what the cells are. A row with a different number of
+    cells than the header (but for empty cells after the last column) makes the bulk path
+    give way: the row path reports it."""
+
+    def cells() -> Iterator[list]:
+        for number, row in rows:
+            if len(row) != width:
+                if len(row) < width or any(cell not in (None, "") for cell in row[width:]):
+                    raise GiveWay(f"row {number} has {len(row)} cells for {width} columns")
+                row = row[:width]
+            yield row
+
+    return _CsvStream(cells())
+
+
+class _CsvStream:
+    """A file-like ``read()`` of CSV text (every cell quoted) made from rows on demand."""
+
+    def __init__(self, rows: Iterator[list]):
+        self._rows = rows
+
+    def read(self, size: int = -1) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
+        writer.writerows(itertools.islice(self._rows, REWRITE_ROWS_PER_READ))
+        return buffer.getvalue()
+
+    readline = read
 
 
 class _without_bom:  # noqa: N801 - a small file wrapper

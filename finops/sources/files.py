@@ -384,7 +384,9 @@ def _load_in_bulk(source: DataSource, config: FileConfig, report: Report) -> Loa
     if plan is None:
         return None
     with _stream(item) as stream:
-        return bulk.load(source, config.mapping, plan, stream, report=report)
+        return bulk.load(
+            source, config.mapping, plan, stream, lambda: open_source_table(source, config), report=report
+        )
 
 
 # --- the admin's preview ---------------------------------------------------------------------

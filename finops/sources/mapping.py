@@ -553,11 +553,10 @@ class RowMapper:
         self.problems = problems or Problems(file)
         self.records = 0
         self.moved_days = 0  # operational rows whose day the period rule moved to another month
-        # Balance-account keys with rows on more than one day of one period (they add up, so a
-        # balance read twice, at the end of one month and the start of the next, is doubled).
-        self._balance_day: dict[tuple, date | None] = {}
-        self.split_balances = 0
-        self._split_example: tuple[dict[str, str], date, date, date] | None = None
+        # The first and last day of each balance-account key's rows: a key with rows on more
+        # than one day of a period adds them up, so a balance read twice (at the end of one
+        # month and the start of the next) is doubled.
+        self._balance_days: dict[tuple, tuple[date, date]] = {}
         self.summary: dict[tuple[str, date], PeriodSummary] = {}
         self._sums: dict[tuple, Any] = {}
         self._number = _number_parser(config.decimal_separator, config.thousands_separator)
@@ -735,12 +734,8 @@ class RowMapper:
             key = (row.period, ids["entity"], ids["department"], ids["scenario"], ids["account"])
             self._sums[key] = self._sums.get(key, Decimal(0)) + row.value
             if ids["account"] in self.lookups.balance_accounts and self.config.time_field == "date":
-                first = self._balance_day.setdefault(key, row.day)
-                if first != row.day and first is not None:
-                    self._balance_day[key] = None  # counted once per key
-                    self.split_balances += 1
-                    if self._split_example is None:
-                        self._split_example = (dict(row.codes), first, row.day, row.period)
+                low, high = self._balance_days.get(key, (row.day, row.day))
+                self._balance_days[key] = (min(low, row.day), max(high, row.day))
             return
         day = row.day
         if month_start(day) != row.period:
@@ -789,11 +784,16 @@ class RowMapper:
                 f"rule '{self.config.period_rule.label}'; they are stored on the first or last day of "
                 "their period."
             )
-        if self.split_balances and self._split_example is not None:
-            codes, first, second = self._split_example[:3]
-            found.append(
-                split_balance_warning(self.split_balances, codes, first, second, self._split_example[3])
+        split = [(key, days) for key, days in self._balance_days.items() if days[0] != days[1]]
+        if split:
+            entity = {pk: code for code, pk in self.lookups.entity.items()}
+            account = {pk: code for code, pk in self.lookups.account.items()}
+            # The example the bulk path gives too: the earliest period, then by codes.
+            key, (first, last) = min(
+                split, key=lambda item: (item[0][0], entity[item[0][1]], account[item[0][4]])
             )
+            codes = {"entity": entity[key[1]], "account": account[key[4]]}
+            found.append(split_balance_warning(len(split), codes, first, last, key[0]))
         return found
 
     def scope(self) -> set[tuple[int, date]]:

@@ -1005,3 +1005,78 @@ def test_a_balance_dated_on_two_days_of_one_period_is_loaded_with_a_warning(dims
         "example account 1000, entity acme, Jan 2024: 2024-01-31 and 2024-02-01). A balance is read "
         "once per period: check the period rule, or whether the extract holds two snapshots of one month."
     ]
+
+
+# Python's csv module (the row path) and PostgreSQL's COPY read some CSV differently; the bulk
+# path must read every file as the row path does, or give way to it.
+MEMO_HEADER = "Date,Entity,Account,Amount,Memo\n"
+
+
+def test_a_quote_inside_an_unquoted_cell_is_read_as_the_row_path_reads_it(dims, load_path):
+    # Inch marks: Python keeps the quote as a character; COPY would start a quoted section and
+    # swallow the next line into this memo.
+    source = file_source()
+    upload(source, MEMO_HEADER + '2024-01-15,acme,4000,100,5" pipe\n2024-02-15,acme,4000,200,10" pipe\n')
+    result = load(source)
+    assert result.method == method_for(load_path, True)  # read by Python's csv, copied as rewritten
+    assert facts() == {(JAN, "4000", "actual"): Decimal("100"), (FEB, "4000", "actual"): Decimal("200")}
+
+
+def test_a_quote_in_the_header_does_not_hide_the_rows_after_it(dims, load_path):
+    source = file_source()
+    upload(
+        source, 'Date,Entity,Account,Amount,Memo"\n2024-01-15,acme,4000,100,a\n2024-02-15,acme,4000,200,x"\n'
+    )
+    load(source)
+    assert facts() == {(JAN, "4000", "actual"): Decimal("100"), (FEB, "4000", "actual"): Decimal("200")}
+
+
+def test_quotes_inside_a_number_or_a_code_are_refused_whichever_path(loaded):
+    run = refresh_bad(
+        loaded, 'Date,Entity,Account,Amount\n2024-01-15,acme,4000,1"00"\n2024-01-16,ac"me",4000,1\n'
+    )
+    assert [(e["row"], e["column"], e["value"]) for e in run.errors] == [
+        (2, "Amount", '1"00"'),
+        (3, "Entity", 'ac"me"'),
+    ]
+
+
+def test_a_line_holding_only_backslash_period_does_not_end_the_file_early(loaded):
+    run = refresh_bad(loaded, MEMO_HEADER + "2024-01-15,acme,4000,100,x\n\\.\n2024-02-15,acme,4000,200,y\n")
+    assert [(e["row"], e["reason"]) for e in run.errors] == [(3, "1 cells but the header has 5 columns")]
+
+
+def test_a_cell_over_the_size_limit_is_refused_whichever_path(loaded):
+    big = "x" * (1024 * 1024 + 10)
+    run = refresh_bad(loaded, MEMO_HEADER + f"2024-01-15,acme,4000,100,{big}\n")
+    assert "field larger than field limit" in run.errors[0]["reason"]
+
+
+def test_a_file_with_every_cell_quoted_still_takes_the_bulk_path(dims, load_path):
+    source = file_source()
+    lines = [line.replace('"', "").split(",", 3) for line in GOOD_CSV.splitlines()]
+    upload(source, "".join(",".join(f'"{cell}"' for cell in cells) + "\n" for cells in lines))
+    result = load(source)
+    assert result.method == method_for(load_path, True)
+    assert facts() == {
+        (JAN, "4000", "actual"): Decimal("1500.50"),
+        (FEB, "4000", "actual"): Decimal("999.99"),
+        (FEB, "1000", "actual"): Decimal("5000"),
+    }
+
+
+def test_both_paths_give_the_same_example_of_a_split_balance(dims, load_path):
+    # February's split comes first in the file, January's is the earliest period: the example
+    # is January's, with its first and last day, whichever path loads the file.
+    source = file_source()
+    upload(
+        source,
+        "Date,Entity,Account,Amount\n2024-02-10,acme,1000,1\n2024-02-20,acme,1000,1\n"
+        "2024-01-31,acme,1000,1\n2024-01-03,acme,1000,1\n2024-01-15,acme,1000,1\n",
+    )
+    report = Report()
+    assert files.load(source, report=report).method == method_for(load_path, True)
+    assert report.warnings[0].startswith(
+        "2 balance(s) have rows dated on more than one day of the same period, which add up (for "
+        "example account 1000, entity acme, Jan 2024: 2024-01-03 and 2024-01-31)."
+    )
