@@ -4,6 +4,9 @@ unauthenticated health check."""
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
@@ -53,8 +56,8 @@ def home(request: HttpRequest) -> HttpResponse:
 
 def data_page(request: HttpRequest) -> HttpResponse:
     overview = data_overview()
-    after = _queued_after(request)
-    waiting = overview.running is None and after is not None and not _started_since(after)
+    queued = _Queued.of(request)
+    waiting = overview.running is None and queued is not None and not _started_since(queued.after)
     return render(
         request,
         "finops/data.html",
@@ -63,19 +66,20 @@ def data_page(request: HttpRequest) -> HttpResponse:
             "can_refresh": is_analyst(request.user),
             "nav": "data",
             "progress": progress.read(overview.running.pk) if overview.running else None,
-            "after": after if waiting else None,
+            "queued": queued if waiting else None,
         },
     )
 
 
+@never_cache
 @require_safe
 def refresh_progress(request: HttpRequest) -> HttpResponse:
     """The Data page's progress panel, polled every few seconds while a refresh runs (or was
     just queued and no worker has started it yet). When the run is over, the page reloads to
     show its figures."""
     running = RefreshRun.objects.filter(status=RefreshRun.Status.RUNNING).order_by("-started_at").first()
-    after = _queued_after(request)
-    if running is None and (after is None or _started_since(after)):
+    queued = _Queued.of(request)
+    if running is None and (queued is None or _started_since(queued.after)):
         response = HttpResponse(status=200)
         response["HX-Redirect"] = reverse("data")
         return response
@@ -85,21 +89,44 @@ def refresh_progress(request: HttpRequest) -> HttpResponse:
         {
             "run": running,
             "progress": progress.read(running.pk) if running else None,
-            "after": after if running is None else None,
+            "queued": queued if running is None else None,
         },
     )
 
 
-def _queued_after(request: HttpRequest) -> int | None:
-    """The last run's id when this page's refresh was queued (``?after=``): the queued one is
-    any later run."""
-    try:
-        return int(request.GET.get("after", ""))
-    except ValueError:
-        return None
+QUEUE_PATIENCE = 300  # seconds a queued refresh may wait for a worker before the page says so
 
 
-def _started_since(after: int) -> bool:
+@dataclass(frozen=True)
+class _Queued:
+    """The refresh this page was sent to follow after "Refresh now" queued it: any run after
+    run ``after``, queued at ``at`` (epoch seconds)."""
+
+    after: int
+    at: int
+
+    @classmethod
+    def of(cls, request: HttpRequest) -> _Queued | None:
+        try:
+            return cls(int(request.GET.get("after", "")), int(request.GET.get("at", "")))
+        except ValueError:
+            return None
+
+    @property
+    def query(self) -> str:
+        return urlencode({"after": self.after, "at": self.at})
+
+    @property
+    def patience_minutes(self) -> int:
+        return QUEUE_PATIENCE // 60
+
+    @property
+    def late(self) -> bool:
+        """No worker has started it for a while: the page stops waiting and says so."""
+        return time.time() - self.at > QUEUE_PATIENCE
+
+
+def _started_since(after: int) -> bool:  # any run after that one
     return RefreshRun.objects.filter(pk__gt=after).exists()
 
 
@@ -128,4 +155,4 @@ def refresh_now(request: HttpRequest) -> HttpResponse:
         )
     )
     messages.success(request, "Refresh queued. This page follows the run while it runs.")
-    return redirect(f"{reverse('data')}?after={last}")
+    return redirect(f"{reverse('data')}?{_Queued(after=last, at=int(time.time())).query}")

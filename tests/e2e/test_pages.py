@@ -124,7 +124,7 @@ def test_an_analyst_refreshes_all_sources_and_sees_the_new_run(page, logged_in, 
     with page.expect_navigation():
         button.click()
 
-    assert re.search(r"/data/\?after=\d+$", page.url)  # the run had ended: nothing to follow
+    assert re.search(r"/data/\?after=\d+&at=\d+$", page.url)  # the run had ended: nothing to follow
     assert "Refresh queued" in page.get_by_role("status").inner_text()
     assert page.locator("#refresh-progress").count() == 0
     new = RefreshRun.objects.latest("started_at")
