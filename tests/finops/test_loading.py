@@ -284,3 +284,16 @@ def test_a_dimension_cannot_change_under_a_load_until_it_commits(dims):
     assert factories.other_connection_tries("SELECT count(*) FROM finops_entity", []) == "done"
     with pytest.raises(ProtectedError):
         entity.delete()
+
+
+def test_the_ledger_totals_command_rebuilds_them_from_the_facts(dims):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    load_financial_facts(source=factories.source(), rows=[factories.fin_row(dims, JAN, "10")])
+    FinancialFact.objects.update(amount=Decimal("12"))  # changed by hand, behind the loaders' back
+    out = StringIO()
+    call_command("ledger_totals", stdout=out)
+    assert "1 ledger totals recomputed" in out.getvalue()
+    factories.assert_ledger_totals_match_facts()
