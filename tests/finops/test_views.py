@@ -179,3 +179,21 @@ def test_a_refresh_no_worker_starts_is_reported_and_no_longer_polled(client):
     panel = client.get(reverse("refresh-progress"), {"after": after, "at": queued_long_ago}).content.decode()
     assert "no worker has started it in 5 minutes" in panel
     assert "hx-trigger" not in panel
+
+
+def test_a_panel_polled_after_the_session_ended_sends_the_page_to_the_login_form(client):
+    panel = client.get(
+        reverse("refresh-progress"),
+        {"after": 1, "at": 2},
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL="http://testserver/data/?after=1&at=2",
+    )
+    assert panel.status_code == 200 and panel.content == b""
+    assert panel["HX-Redirect"] == "/accounts/login/?next=/data/%3Fafter%3D1%26at%3D2"
+    # Another site's address is never where the login form sends the user back.
+    elsewhere = client.get(
+        reverse("refresh-progress"), HTTP_HX_REQUEST="true", HTTP_HX_CURRENT_URL="https://evil.example/x"
+    )
+    assert elsewhere["HX-Redirect"] == "/accounts/login/?next=/"
+    # A plain request is redirected as always.
+    assert client.get(reverse("refresh-progress")).status_code == 302
