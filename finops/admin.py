@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
+from finops.admin_base import WaitsForRefresh
 from finops.errors import ImportRejected
 from finops.models import (
     PERIOD_RULE_CHOICES,
@@ -30,7 +31,7 @@ MAPPED_KINDS = (DataSource.Kind.FILE, DataSource.Kind.SQL, DataSource.Kind.HTTP)
 
 
 @admin.register(Entity)
-class EntityAdmin(admin.ModelAdmin):
+class EntityAdmin(WaitsForRefresh):
     list_display = ("code", "name", "parent", "currency", "ownership_pct")
     list_filter = ("currency",)
     search_fields = ("code", "name")
@@ -38,7 +39,7 @@ class EntityAdmin(admin.ModelAdmin):
 
 
 @admin.register(Department)
-class DepartmentAdmin(admin.ModelAdmin):
+class DepartmentAdmin(WaitsForRefresh):
     list_display = ("code", "name", "parent", "side")
     list_filter = ("side",)
     search_fields = ("code", "name")
@@ -46,14 +47,14 @@ class DepartmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Scenario)
-class ScenarioAdmin(admin.ModelAdmin):
+class ScenarioAdmin(WaitsForRefresh):
     list_display = ("code", "name", "kind")
     list_filter = ("kind",)
     search_fields = ("code", "name")
 
 
 @admin.register(Account)
-class AccountAdmin(admin.ModelAdmin):
+class AccountAdmin(WaitsForRefresh):
     list_display = ("code", "name", "parent", "account_type", "time_behaviour", "operator", "unit")
     list_filter = ("account_type", "time_behaviour", "rollup_sign", "unit")
     search_fields = ("code", "name")
@@ -61,7 +62,7 @@ class AccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(OperationalSeries)
-class OperationalSeriesAdmin(admin.ModelAdmin):
+class OperationalSeriesAdmin(WaitsForRefresh):
     list_display = ("code", "name", "unit", "time_behaviour")
     list_filter = ("time_behaviour",)
     search_fields = ("code", "name", "description")
@@ -541,7 +542,7 @@ class SourceFileInline(admin.TabularInline):
 
 
 @admin.register(DataSource)
-class DataSourceAdmin(admin.ModelAdmin):
+class DataSourceAdmin(WaitsForRefresh):
     form = DataSourceForm
     list_display = ("name", "slug", "kind", "is_active", "created_at")
     list_filter = ("kind", "is_active")

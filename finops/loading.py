@@ -94,6 +94,16 @@ def lock_dimensions() -> None:
         cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
 
 
+def wait_for_readers(model: type[models.Model]) -> None:
+    """Before deleting rows of a table that loads or recomputes hold in SHARE mode: wait for
+    them to commit first (ROW EXCLUSIVE waits for SHARE), while holding no row yet. Otherwise
+    the cascade would delete the rows' values, then wait for the table, while the recompute
+    waits for those values: a deadlock, which PostgreSQL breaks by failing one side."""
+    if connection.vendor == "postgresql" and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {model._meta.db_table} IN ROW EXCLUSIVE MODE")
+
+
 def load_financial_facts(
     *, source: DataSource, rows: Iterable[tuple[date, int, int, int, int, Decimal]]
 ) -> LoadResult:

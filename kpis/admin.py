@@ -11,6 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
 
+from finops.admin_base import WaitsForRefresh
 from finops.errors import ImportRejected
 from kpis.formula import FormulaError
 from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, Target
@@ -20,7 +21,7 @@ from kpis.target_files import import_targets
 
 
 @admin.register(Measure)
-class MeasureAdmin(admin.ModelAdmin):
+class MeasureAdmin(WaitsForRefresh):
     list_display = (
         "code",
         "name",
@@ -111,7 +112,7 @@ class TargetInline(admin.TabularInline):
 
 
 @admin.register(KPI)
-class KPIAdmin(admin.ModelAdmin):
+class KPIAdmin(WaitsForRefresh):
     form = KPIForm
     list_display = (
         "code",

@@ -365,3 +365,40 @@ def test_definitions_cannot_change_under_a_recompute_until_it_commits(sales):
     assert KPIValue.objects.filter(kpi=kpi).exists()
     kpi.delete()
     assert not KPIValue.objects.filter(kpi_id=kpi.pk).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_kpi_in_the_admin_waits_for_a_recompute_before_touching_its_values(sales, rf):
+    """A recompute holds the KPI table in SHARE mode. The admin's delete first waits for the
+    table, holding nothing yet; had it deleted the KPI's values first, the recompute writing
+    those values and the delete waiting for the table would deadlock."""
+    import psycopg2
+    from django.contrib import admin as django_admin
+    from django.db import OperationalError, connection, transaction
+
+    recompute()
+    kpi = KPI.objects.get(code="dso")
+    values = KPIValue.objects.filter(kpi=kpi).count()
+    recomputing = psycopg2.connect(**connection.get_connection_params())  # holds the lock
+    try:
+        with recomputing.cursor() as cursor:
+            cursor.execute("BEGIN; LOCK TABLE kpis_kpi IN SHARE MODE")
+        model_admin = django_admin.site._registry[KPI]
+        statements = []
+
+        def record(execute, sql, params, many, context):
+            statements.append(sql)
+            return execute(sql, params, many, context)
+
+        with pytest.raises(OperationalError, match="lock timeout"), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '200ms'")
+            with connection.execute_wrapper(record):
+                model_admin.delete_model(rf.post("/"), kpi)
+    finally:
+        recomputing.rollback()
+        recomputing.close()
+    # It waited first, before deleting anything (so it held no value rows while waiting).
+    assert statements == ["LOCK TABLE kpis_kpi IN ROW EXCLUSIVE MODE"]
+    assert KPIValue.objects.filter(kpi=kpi).count() == values
