@@ -5,10 +5,11 @@ The row-by-row path (``finops.sources.mapping.RowMapper``) stays the one definit
 row means and the one author of the row-level report. This path only takes the files whose
 every row it can read exactly as that path would, and gives way to it otherwise:
 
-1. ``COPY ... FROM STDIN (FORMAT csv)`` streams the raw file (bounded memory) into a
-   temporary table of text columns, one per header column. A CSV that ``COPY`` cannot read
-   (a row with too many or too few cells, a byte outside the encoding, a blank line, an
-   unterminated quote) stops here.
+1. ``COPY ... FROM STDIN (FORMAT csv)`` streams the file (bounded memory) into a temporary
+   table of text columns, one per header column: the raw bytes when PostgreSQL splits them
+   exactly as Python's ``csv`` module does (no quote character, see ``_plain``), else the
+   rows as Python's reader reads them, written again with every cell quoted. A row that
+   ``COPY`` cannot take (too many or too few cells, a byte outside the encoding) stops here.
 2. The distinct date texts (a few thousand at most in a ledger) are parsed in Python by the
    row path's own parser and period rule, and joined back as a small table. Codes are joined,
    exactly as written, to the stored entities, departments, leaf accounts and scenarios.
@@ -26,10 +27,10 @@ file through the row path, which loads it or reports each bad row by row and col
 bulk path never rejects a file itself, so the two paths cannot disagree on what is refused,
 and a file that loads through both gives the same facts (tested side by side).
 
-Taken for financial CSV files of at least ``FINOPS_LOAD_BULK_MIN_BYTES`` (default 4 MiB) whose
-header is on line 1 (or whose columns are named in the config), in UTF-8, Latin-1 or
-Windows-1252, on PostgreSQL through psycopg2. XLSX files, operational files and small files
-take the row path.
+Taken for CSV files (financial or operational facts) of at least ``FINOPS_LOAD_BULK_MIN_BYTES``
+(default 4 MiB) whose header is on line 1 (or whose columns are named in the config), in UTF-8,
+Latin-1 or Windows-1252, on PostgreSQL through psycopg2. XLSX files and small files take the
+row path.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from django.db import DatabaseError, connection, transaction
 from finops.errors import ImportRejected
 from finops.loading import (
     FINANCIAL_SPEC,
+    OPERATIONAL_SPEC,
     LoadResult,
     big_query_settings,
     copy_available,
@@ -58,16 +60,22 @@ from finops.loading import (
     replace_staged,
 )
 from finops.models import Account, DataSource, Entity
-from finops.periods import period_for_date
+from finops.periods import month_end, month_start, period_for_date
 from finops.sources import Report
 from finops.sources.mapping import (
     AMOUNT_INTEGER_DIGITS,
     AMOUNT_PLACES,
     FINANCIAL,
+    MAX_COUNT,
+    MAX_DIMENSION,
+    OPERATIONAL,
+    VALUE_INTEGER_DIGITS,
+    VALUE_PLACES,
     CellError,
     Lookups,
     MappingConfig,
     date_parser,
+    moved_days_warning,
     remove_outside_scope,
     split_balance_warning,
 )
@@ -82,7 +90,10 @@ PLAIN_SCAN_CHUNK = 4 * 1024 * 1024
 REWRITE_ROWS_PER_READ = 10_000
 # Python codec name (as codecs.lookup spells it) -> PostgreSQL's name for the same table.
 PG_ENCODINGS = {"latin-1": "LATIN1", "iso8859-1": "LATIN1", "cp1252": "WIN1252"}  # UTF-8 aside
-CODE_TABLES = {"entity": "entity", "department": "department", "account": "account", "scenario": "scenario"}
+CODE_FIELDS = {
+    FINANCIAL: ("entity", "department", "account", "scenario"),
+    OPERATIONAL: ("entity", "series", "scenario"),
+}
 BLANK = r"^[ \t\r\n\f\v]*$"  # a cell the row path sees as blank (a strict subset of them)
 
 
@@ -119,7 +130,7 @@ def plan_for(
     encoding: str,
 ) -> Plan | None:
     """The bulk plan for a file, or None when the file is for the row path."""
-    if not copy_available() or fmt != CSV or mapping.fact_kind != FINANCIAL or size < min_bytes():
+    if not copy_available() or fmt != CSV or size < min_bytes():
         return None
     if header_row not in (0, 1) or any("\n" in name or "\r" in name for name in header):
         return None
@@ -159,11 +170,11 @@ def load(
         log.info("file source %s: row-by-row path, because COPY stopped: %s", source.slug, error)
         return None
     clock = time.perf_counter()
-    result = replace_staged(FINANCIAL_SPEC, source)
+    result = replace_staged(_spec(mapping), source)
     result.rows_read = staged.rows
     result.method = "bulk"
     if staged.scope is not None:
-        remove_outside_scope(source, FINANCIAL, staged.scope, result)
+        remove_outside_scope(source, mapping.fact_kind, staged.scope, result)
     timings["replace"] = round(time.perf_counter() - clock, 3)
     result.timings = timings
     return result
@@ -220,7 +231,8 @@ def _stage(
 
         blank = " AND ".join(f"(r.c{i} IS NULL OR r.c{i} ~ '{BLANK}')" for i in range(len(plan.header)))
         joins, ids = [], {}
-        for field, table in CODE_TABLES.items():
+        for field in CODE_FIELDS[mapping.fact_kind]:
+            table = field
             if field in mapping.constants:
                 code = mapping.constants[field]
                 found = lookups.codes(field).get(code)
@@ -240,34 +252,8 @@ def _stage(
         lap("dates")
         joins.append(f"LEFT JOIN finops_bulk_dates d ON d.raw = {column[time_field]}")
 
-        amount = _amount_sql(column["amount"], mapping)
-        limit = 10**AMOUNT_INTEGER_DIGITS
-        keys = [f"{ids['entity']} AS entity_id", f"{ids['department']} AS department_id"]
-        keys += [f"{ids['scenario']} AS scenario_id", f"{ids['account']} AS account_id"]
-        cursor.execute(f"DROP TABLE IF EXISTS {FINANCIAL_SPEC.table}")
-        # The inner query reads each row once (OFFSET 0 keeps the planner from copying the
-        # amount's regex and cast into every aggregate); rows sharing a key add up.
-        cursor.execute(
-            f"""CREATE TEMPORARY TABLE {FINANCIAL_SPEC.table} ON COMMIT DROP AS
-            SELECT period, entity_id, department_id, scenario_id, account_id, SUM(v) AS amount,
-                   count(*) AS rows, count(v) AS read, max(abs(v)) AS largest,
-                   min(day) AS first_day, max(day) AS last_day
-            FROM (
-                SELECT d.period, d.day, {", ".join(keys)}, {amount} AS v
-                FROM {RAW} r {" ".join(joins)}
-                WHERE NOT ({blank})
-                OFFSET 0
-            ) x
-            GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
-        )
-        cursor.execute(
-            f"""SELECT count(*) FILTER (WHERE rows <> read OR largest >= {limit} OR period IS NULL
-                    OR entity_id IS NULL OR department_id IS NULL OR scenario_id IS NULL
-                    OR account_id IS NULL),
-                count(*) FILTER (WHERE abs(amount) >= {limit}), COALESCE(sum(rows), 0)
-            FROM {FINANCIAL_SPEC.table}"""  # noqa: S608
-        )
-        unread, too_big, rows = cursor.fetchone()
+        group = _group_financial if mapping.fact_kind == FINANCIAL else _group_operational
+        unread, too_big, rows = group(cursor, mapping, column, ids, joins, blank, report)
         lap("check and group")
         if unread:
             raise GiveWay(f"{unread:,} key(s) have a row it does not read with certainty")
@@ -275,16 +261,109 @@ def _stage(
             raise GiveWay("rows sharing a key add up past the fact column")
         if not rows:
             raise GiveWay("the file has no data rows")
-        for table in (RAW, "finops_bulk_dates", *(f"finops_bulk_{name}" for name in CODE_TABLES.values())):
+        for table in (
+            RAW,
+            "finops_bulk_dates",
+            *(f"finops_bulk_{name}" for name in CODE_FIELDS[mapping.fact_kind]),
+        ):
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
-        if time_field == "date" and lookups.balance_accounts:
+        if mapping.fact_kind == FINANCIAL and time_field == "date" and lookups.balance_accounts:
             _warn_split_balances(cursor, report, sorted(lookups.balance_accounts))
         scope = None
         if mapping.snapshot:
-            cursor.execute(f"SELECT DISTINCT scenario_id, period FROM {FINANCIAL_SPEC.table}")  # noqa: S608
+            spec = _spec(mapping)
+            cursor.execute(f"SELECT DISTINCT scenario_id, {spec.period} FROM {spec.table} s")  # noqa: S608
             scope = set(cursor.fetchall())
         restore()
     return _Staged(rows=int(rows), scope=scope)
+
+
+def _spec(mapping: MappingConfig):  # noqa: ANN202 - a finops.loading.StageSpec
+    return FINANCIAL_SPEC if mapping.fact_kind == FINANCIAL else OPERATIONAL_SPEC
+
+
+def _group_financial(cursor, mapping, column, ids, joins, blank, report) -> tuple[int, int, int]:
+    """Rows into ``FINANCIAL_SPEC.table``, one per natural key; (keys with a row it cannot read
+    with certainty, keys whose rows add up past the column, rows read)."""
+    amount = _amount_sql(column["amount"], mapping, AMOUNT_PLACES)
+    limit = 10**AMOUNT_INTEGER_DIGITS
+    keys = [f"{ids['entity']} AS entity_id", f"{ids['department']} AS department_id"]
+    keys += [f"{ids['scenario']} AS scenario_id", f"{ids['account']} AS account_id"]
+    cursor.execute(f"DROP TABLE IF EXISTS {FINANCIAL_SPEC.table}")
+    # The inner query reads each row once (OFFSET 0 keeps the planner from copying the
+    # amount's regex and cast into every aggregate); rows sharing a key add up.
+    cursor.execute(
+        f"""CREATE TEMPORARY TABLE {FINANCIAL_SPEC.table} ON COMMIT DROP AS
+        SELECT period, entity_id, department_id, scenario_id, account_id, SUM(v) AS amount,
+               count(*) AS rows, count(v) AS read, max(abs(v)) AS largest,
+               min(day) AS first_day, max(day) AS last_day
+        FROM (
+            SELECT d.period, d.day, {", ".join(keys)}, {amount} AS v
+            FROM {RAW} r {" ".join(joins)}
+            WHERE NOT ({blank})
+            OFFSET 0
+        ) x
+        GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
+    )
+    cursor.execute(
+        f"""SELECT count(*) FILTER (WHERE rows <> read OR largest >= {limit} OR period IS NULL
+                OR entity_id IS NULL OR department_id IS NULL OR scenario_id IS NULL
+                OR account_id IS NULL),
+            count(*) FILTER (WHERE abs(amount) >= {limit}), COALESCE(sum(rows), 0)
+        FROM {FINANCIAL_SPEC.table}"""  # noqa: S608
+    )
+    return cursor.fetchone()
+
+
+def _group_operational(cursor, mapping, column, ids, joins, blank, report) -> tuple[int, int, int]:
+    """The same for operational rows into ``OPERATIONAL_SPEC.table``: a day the period rule
+    moves into another month is stored on its period's first or last day (counted for the
+    warning), counts are whole numbers written as digits, a dimension has no space around it."""
+    value = _amount_sql(column["value"], mapping, VALUE_PLACES)
+    limit = 10**VALUE_INTEGER_DIGITS
+    if "count" in column:
+        count = f"CASE WHEN {column['count']} ~ '^[0-9]{{1,16}}$' THEN ({column['count']})::bigint END"
+    else:
+        count = str(int(mapping.constants.get("count", "1")))
+    if "dimension" in column:
+        cell = column["dimension"]
+        dimension = f"COALESCE({cell}, '')"
+        # The row path strips any (Unicode) space around it: only printable ASCII at the ends.
+        odd = f"({cell} ~ '^[^!-~]|[^!-~]$' OR length({cell}) > {MAX_DIMENSION})"
+    else:
+        dimension, odd = _literal(mapping.constants.get("dimension", "")), "false"
+    keys = [
+        f"{ids['entity']} AS entity_id",
+        f"{ids['scenario']} AS scenario_id",
+        f"{ids['series']} AS series_id",
+    ]
+    cursor.execute(f"DROP TABLE IF EXISTS {OPERATIONAL_SPEC.table}")
+    cursor.execute(
+        f"""CREATE TEMPORARY TABLE {OPERATIONAL_SPEC.table} ON COMMIT DROP AS
+        SELECT date, entity_id, scenario_id, series_id, dimension, SUM(v) AS value,
+               SUM(n) AS count, count(*) AS rows, count(v) AS read, count(n) AS counted,
+               max(abs(v)) AS largest, max(n) AS most, bool_or(odd) AS odd, sum(moved) AS moved
+        FROM (
+            SELECT d.stored_day AS date, {", ".join(keys)}, {dimension} AS dimension,
+                   {value} AS v, {count} AS n, COALESCE({odd}, false) AS odd, d.moved AS moved
+            FROM {RAW} r {" ".join(joins)}
+            WHERE NOT ({blank})
+            OFFSET 0
+        ) x
+        GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
+    )
+    cursor.execute(
+        f"""SELECT count(*) FILTER (WHERE rows <> read OR rows <> counted OR largest >= {limit}
+                OR most > {MAX_COUNT} OR odd OR date IS NULL OR entity_id IS NULL
+                OR scenario_id IS NULL OR series_id IS NULL),
+            count(*) FILTER (WHERE abs(value) >= {limit}), COALESCE(sum(rows), 0),
+            COALESCE(sum(moved), 0)
+        FROM {OPERATIONAL_SPEC.table}"""  # noqa: S608
+    )
+    unread, too_big, rows, moved = cursor.fetchone()
+    if moved and not unread and not too_big:
+        report.warn(moved_days_warning(int(moved), mapping.period_rule))
+    return unread, too_big, rows
 
 
 def _warn_split_balances(cursor, report: Report, balance_accounts: list[int]) -> None:
@@ -333,6 +412,7 @@ def _date_table(cursor, mapping: MappingConfig, cell: str, blank: str) -> None:
     parse = date_parser(mapping.date_format, period=period_column)
     periods: list[date] = []
     days: list[date] = []
+    stored: list[date] = []  # an operational fact's day, inside its period
     for text in texts:
         if text is None:
             raise GiveWay("a row has no date")
@@ -340,29 +420,35 @@ def _date_table(cursor, mapping: MappingConfig, cell: str, blank: str) -> None:
             day = parse(text)
         except CellError as error:
             raise GiveWay(f"the date {text!r} is {error}") from None
-        periods.append(day if period_column else period_for_date(day, mapping.period_rule))
+        period = day if period_column else period_for_date(day, mapping.period_rule)
+        periods.append(period)
         days.append(day)
+        if month_start(day) == period:
+            stored.append(day)
+        else:  # as RowMapper stores it
+            stored.append(period if day < period else month_end(period))
     cursor.execute("DROP TABLE IF EXISTS finops_bulk_dates")
     cursor.execute(
-        "CREATE TEMPORARY TABLE finops_bulk_dates (raw text PRIMARY KEY, period date, day date) "
-        "ON COMMIT DROP"
+        "CREATE TEMPORARY TABLE finops_bulk_dates (raw text PRIMARY KEY, period date, day date, "
+        "stored_day date, moved integer) ON COMMIT DROP"
     )
     cursor.execute(
-        "INSERT INTO finops_bulk_dates (raw, period, day) "
-        "SELECT * FROM unnest(%s::text[], %s::date[], %s::date[])",
-        [texts, periods, days],
+        "INSERT INTO finops_bulk_dates (raw, period, day, stored_day, moved) "
+        "SELECT raw, period, day, stored_day, (stored_day <> day)::integer "
+        "FROM unnest(%s::text[], %s::date[], %s::date[], %s::date[]) AS t (raw, period, day, stored_day)",
+        [texts, periods, days, stored],
     )
     cursor.execute("ANALYZE finops_bulk_dates")
 
 
-def _amount_sql(cell: str, mapping: MappingConfig) -> str:
-    """The amount as numeric, NULL when the text is not in a plain form read alike by both paths."""
+def _amount_sql(cell: str, mapping: MappingConfig, places: int) -> str:
+    """The number as numeric, NULL when the text is not in a plain form read alike by both
+    paths or has more than ``places`` decimals (but for trailing zeros)."""
     decimal, thousands = mapping.decimal_separator, mapping.thousands_separator
     # A space groups thousands as written; the no-break spaces the row path also takes there
     # do not match, and such a file takes the row path.
     integer = f"([0-9]{{1,3}}(\\{thousands}[0-9]{{3}})+|[0-9]+)" if thousands else "[0-9]+"
-    # At most AMOUNT_PLACES decimals but for trailing zeros (the row path refuses more).
-    fraction = f"\\{decimal}[0-9]{{1,{AMOUNT_PLACES}}}0*"
+    fraction = f"\\{decimal}[0-9]{{1,{places}}}0*"
     pattern = f"^[+-]?({integer}({fraction})?|{fraction})$"
     text = cell
     if thousands:

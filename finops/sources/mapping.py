@@ -779,11 +779,7 @@ class RowMapper:
         """What a load of these rows should tell the analyst, though nothing stops it."""
         found = []
         if self.moved_days:
-            found.append(
-                f"{self.moved_days:,} row(s) are dated in another month than their period under the "
-                f"rule '{self.config.period_rule.label}'; they are stored on the first or last day of "
-                "their period."
-            )
+            found.append(moved_days_warning(self.moved_days, self.config.period_rule))
         split = [(key, days) for key, days in self._balance_days.items() if days[0] != days[1]]
         if split:
             entity = {pk: code for code, pk in self.lookups.entity.items()}
@@ -801,6 +797,14 @@ class RowMapper:
         if self.config.fact_kind == FINANCIAL:
             return {(key[3], key[0]) for key in self._sums}
         return {(key[2], month_start(key[0])) for key in self._sums}
+
+
+def moved_days_warning(rows: int, rule: PeriodRule) -> str:
+    """The warning for operational rows the period rule moved into another month."""
+    return (
+        f"{rows:,} row(s) are dated in another month than their period under the rule "
+        f"'{rule.label}'; they are stored on the first or last day of their period."
+    )
 
 
 def split_balance_warning(keys: int, codes: dict[str, str], first: date, second: date, period: date) -> str:

@@ -181,7 +181,7 @@ def test_a_good_xlsx_loads_dates_numbers_and_numeric_codes(dims):
     assert facts() == {(JAN, "4000", "actual"): Decimal("1200.80"), (MAR, "1000", "actual"): Decimal("-250")}
 
 
-def test_operational_facts_with_european_numbers_and_a_period_rule(dims):
+def test_operational_facts_with_european_numbers_and_a_period_rule(dims, load_path):
     # Semicolons, decimal commas, thousands points, day.month.year dates, the nearest month end:
     # 02.02.2024 belongs to January (stored on Jan 31), 30.01.2024 to January.
     mapping = {
@@ -208,7 +208,7 @@ def test_operational_facts_with_european_numbers_and_a_period_rule(dims):
     source = file_source(mapping=mapping, delimiter=";")
     upload(source, text)
     report = Report()
-    files.load(source, report=report)
+    assert files.load(source, report=report).method == method_for(load_path, True)
     stored = {
         (f.period, f.date, f.dimension): (f.value, f.count)
         for f in OperationalFact.objects.filter(series__code="orders")
@@ -1080,3 +1080,54 @@ def test_both_paths_give_the_same_example_of_a_split_balance(dims, load_path):
         "2 balance(s) have rows dated on more than one day of the same period, which add up (for "
         "example account 1000, entity acme, Jan 2024: 2024-01-03 and 2024-01-31)."
     )
+
+
+OPERATIONAL_MAPPING = {
+    "fact_kind": "operational",
+    "columns": {
+        "date": "Day",
+        "series": "Series",
+        "value": "Value",
+        "count": "Count",
+        "dimension": "Channel",
+    },
+    "constants": {"entity": "acme", "scenario": "actual"},
+}
+
+
+def operational() -> dict:
+    return {
+        (f.date, f.dimension): (f.value, f.count)
+        for f in OperationalFact.objects.filter(series__code="orders")
+    }
+
+
+def test_operational_rows_sharing_a_key_add_up_whichever_path(dims, load_path):
+    source = file_source(mapping=OPERATIONAL_MAPPING)
+    upload(
+        source,
+        "Day,Series,Value,Count,Channel\n2024-01-05,orders,2.5,1,web\n2024-01-05,orders,0.000001,2,web\n"
+        "2024-01-06,orders,7,3,\n",
+    )
+    assert load(source).method == method_for(load_path, True)
+    assert operational() == {
+        (date(2024, 1, 5), "web"): (Decimal("2.500001"), 3),
+        (date(2024, 1, 6), ""): (Decimal("7"), 3),
+    }
+
+
+@pytest.mark.parametrize(
+    "row,key,count",
+    [
+        ("2024-01-05,orders,1,2.0,web", (date(2024, 1, 5), "web"), 2),  # a count written 2.0
+        ("2024-01-05,orders,1,2, web", (date(2024, 1, 5), "web"), 2),  # a space before the channel
+        ("2024-01-05,orders,1,2,app\u2003", (date(2024, 1, 5), "app"), 2),  # an em space after it
+    ],
+)
+def test_operational_cells_the_bulk_path_is_unsure_of_go_row_by_row(dims, load_path, row, key, count):
+    # The row path reads each of these (and strips any space around a channel); the bulk path
+    # gives way to it rather than read them otherwise.
+    source = file_source(mapping=OPERATIONAL_MAPPING)
+    upload(source, f"Day,Series,Value,Count,Channel\n{row}\n")
+    assert load(source).method == "rows"
+    assert operational() == {key: (Decimal("1"), count)}
