@@ -282,6 +282,19 @@ def _spec(mapping: MappingConfig):  # noqa: ANN202 - a finops.loading.StageSpec
     return FINANCIAL_SPEC if mapping.fact_kind == FINANCIAL else OPERATIONAL_SPEC
 
 
+def _group(cursor, table: str, outer: str, inner: str, joins: list[str], blank: str) -> None:
+    """Create ``table`` from the raw rows grouped by the five key columns ``outer`` starts with.
+    The inner query reads each row once (OFFSET 0 keeps the planner from copying the number's
+    regex and cast into every aggregate); rows sharing a key add up."""
+    cursor.execute(f"DROP TABLE IF EXISTS {table}")
+    cursor.execute(
+        f"""CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS
+        SELECT {outer}
+        FROM (SELECT {inner} FROM {RAW} r {" ".join(joins)} WHERE NOT ({blank}) OFFSET 0) x
+        GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
+    )
+
+
 def _group_financial(cursor, mapping, column, ids, joins, blank, report) -> tuple[int, int, int]:
     """Rows into ``FINANCIAL_SPEC.table``, one per natural key; (keys with a row it cannot read
     with certainty, keys whose rows add up past the column, rows read)."""
@@ -289,21 +302,14 @@ def _group_financial(cursor, mapping, column, ids, joins, blank, report) -> tupl
     limit = 10**AMOUNT_INTEGER_DIGITS
     keys = [f"{ids['entity']} AS entity_id", f"{ids['department']} AS department_id"]
     keys += [f"{ids['scenario']} AS scenario_id", f"{ids['account']} AS account_id"]
-    cursor.execute(f"DROP TABLE IF EXISTS {FINANCIAL_SPEC.table}")
-    # The inner query reads each row once (OFFSET 0 keeps the planner from copying the
-    # amount's regex and cast into every aggregate); rows sharing a key add up.
-    cursor.execute(
-        f"""CREATE TEMPORARY TABLE {FINANCIAL_SPEC.table} ON COMMIT DROP AS
-        SELECT period, entity_id, department_id, scenario_id, account_id, SUM(v) AS amount,
-               count(*) AS rows, count(v) AS read, max(abs(v)) AS largest,
-               min(day) AS first_day, max(day) AS last_day
-        FROM (
-            SELECT d.period, d.day, {", ".join(keys)}, {amount} AS v
-            FROM {RAW} r {" ".join(joins)}
-            WHERE NOT ({blank})
-            OFFSET 0
-        ) x
-        GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
+    _group(
+        cursor,
+        FINANCIAL_SPEC.table,
+        "period, entity_id, department_id, scenario_id, account_id, SUM(v) AS amount, count(*) AS rows, "
+        "count(v) AS read, max(abs(v)) AS largest, min(day) AS first_day, max(day) AS last_day",
+        f"d.period, d.day, {', '.join(keys)}, {amount} AS v",
+        joins,
+        blank,
     )
     cursor.execute(
         f"""SELECT count(*) FILTER (WHERE rows <> read OR largest >= {limit} OR period IS NULL
@@ -337,20 +343,16 @@ def _group_operational(cursor, mapping, column, ids, joins, blank, report) -> tu
         f"{ids['scenario']} AS scenario_id",
         f"{ids['series']} AS series_id",
     ]
-    cursor.execute(f"DROP TABLE IF EXISTS {OPERATIONAL_SPEC.table}")
-    cursor.execute(
-        f"""CREATE TEMPORARY TABLE {OPERATIONAL_SPEC.table} ON COMMIT DROP AS
-        SELECT date, entity_id, scenario_id, series_id, dimension, SUM(v) AS value,
-               SUM(n) AS count, count(*) AS rows, count(v) AS read, count(n) AS counted,
-               max(abs(v)) AS largest, max(n) AS most, bool_or(odd) AS odd, sum(moved) AS moved
-        FROM (
-            SELECT d.stored_day AS date, {", ".join(keys)}, {dimension} AS dimension,
-                   {value} AS v, {count} AS n, COALESCE({odd}, false) AS odd, d.moved AS moved
-            FROM {RAW} r {" ".join(joins)}
-            WHERE NOT ({blank})
-            OFFSET 0
-        ) x
-        GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
+    _group(
+        cursor,
+        OPERATIONAL_SPEC.table,
+        "date, entity_id, scenario_id, series_id, dimension, SUM(v) AS value, SUM(n) AS count, "
+        "count(*) AS rows, count(v) AS read, count(n) AS counted, max(abs(v)) AS largest, "
+        "max(n) AS most, bool_or(odd) AS odd, sum(moved) AS moved",
+        f"d.stored_day AS date, {', '.join(keys)}, {dimension} AS dimension, {value} AS v, "
+        f"{count} AS n, COALESCE({odd}, false) AS odd, d.moved AS moved",
+        joins,
+        blank,
     )
     cursor.execute(
         f"""SELECT count(*) FILTER (WHERE rows <> read OR rows <> counted OR largest >= {limit}
