@@ -20,10 +20,16 @@ Two paths, one meaning:
   a caller filled itself (the file source does, straight from the file).
 
 Both give the same facts and the same ``LoadResult`` for the same input (tested side by side).
+
+Every function here that changes financial facts also recomputes ``LedgerTotal`` (what the
+metric engine reads) for the months it changed, in the same transaction. Loads hold the
+dimension tables in SHARE mode (``lock_dimensions``): fact tables have no foreign-key
+constraints, and that lock is what keeps the ids a load looked up valid until it commits.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -380,19 +386,15 @@ def copy_text(value) -> str:
     return str(value)
 
 
-class _CopyStream:
-    """A file-like ``read()`` over lines made on demand, for ``copy_expert`` (bounded memory)."""
+class CopyStream:
+    """A file-like ``read()`` over text pieces made on demand, for ``copy_expert`` (bounded
+    memory): each read joins the next ``per_read`` pieces (lines, or blocks of lines)."""
 
-    def __init__(self, lines: Iterator[str]):
-        self._lines = lines
+    def __init__(self, pieces: Iterator[str], per_read: int = COPY_LINES_PER_CHUNK):
+        self._pieces, self._per_read = pieces, per_read
 
     def read(self, size: int = -1) -> str:
-        chunk = []
-        for line in self._lines:
-            chunk.append(line)
-            if len(chunk) >= COPY_LINES_PER_CHUNK:
-                break
-        return "".join(chunk)
+        return "".join(itertools.islice(self._pieces, self._per_read))
 
     readline = read
 
@@ -403,7 +405,7 @@ def _replace_by_copy(spec: StageSpec, source: DataSource, rows: Iterable[tuple])
         lines = ("\t".join(map(copy_text, row)) + "\n" for row in rows)
         names = ", ".join(name for name, _kind in spec.columns)
         with connection.cursor() as cursor:
-            cursor.copy_expert(f"COPY {spec.table} ({names}) FROM STDIN", _CopyStream(lines), size=1 << 20)
+            cursor.copy_expert(f"COPY {spec.table} ({names}) FROM STDIN", CopyStream(lines), size=1 << 20)
         return replace_staged(spec, source)
 
 
@@ -495,7 +497,6 @@ def update_ledger_totals(months: Iterable[date]) -> None:
     months = sorted(set(months))
     if not months:
         return
-    totals, facts = LedgerTotal._meta.db_table, FinancialFact._meta.db_table
     scenarios = list(Scenario.objects.values_list("pk", flat=True))
     if not scenarios:
         return
@@ -503,27 +504,29 @@ def update_ledger_totals(months: Iterable[date]) -> None:
     # The scenario list lets PostgreSQL read a few months through the (scenario, period) index.
     in_scenarios = ", ".join(["%s"] * len(scenarios))
     with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {totals} WHERE period IN ({in_months})", months)  # noqa: S608
-        cursor.execute(
-            f"""INSERT INTO {totals} (period, entity_id, scenario_id, account_id, amount)
-            SELECT period, entity_id, scenario_id, account_id, SUM(amount) FROM {facts}
-            WHERE scenario_id IN ({in_scenarios}) AND period IN ({in_months})
-            GROUP BY period, entity_id, scenario_id, account_id""",  # noqa: S608 - our own tables
+        cursor.execute(f"DELETE FROM {LedgerTotal._meta.db_table} WHERE period IN ({in_months})", months)  # noqa: S608
+        _insert_ledger_totals(
+            cursor,
+            f"WHERE scenario_id IN ({in_scenarios}) AND period IN ({in_months})",
             [*scenarios, *months],
         )
 
 
 def rebuild_ledger_totals() -> int:
     """Recompute every ``LedgerTotal`` from the financial facts; returns the number of totals."""
-    totals, facts = LedgerTotal._meta.db_table, FinancialFact._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {totals}")  # noqa: S608
-        cursor.execute(
-            f"""INSERT INTO {totals} (period, entity_id, scenario_id, account_id, amount)
-            SELECT period, entity_id, scenario_id, account_id, SUM(amount) FROM {facts}
-            GROUP BY period, entity_id, scenario_id, account_id"""  # noqa: S608
-        )
+        cursor.execute(f"DELETE FROM {LedgerTotal._meta.db_table}")  # noqa: S608
+        _insert_ledger_totals(cursor, "", [])
         return cursor.rowcount
+
+
+def _insert_ledger_totals(cursor, where: str, params: list) -> None:
+    cursor.execute(
+        f"""INSERT INTO {LedgerTotal._meta.db_table} (period, entity_id, scenario_id, account_id, amount)
+        SELECT period, entity_id, scenario_id, account_id, SUM(amount) FROM {FinancialFact._meta.db_table}
+        {where} GROUP BY period, entity_id, scenario_id, account_id""",  # noqa: S608 - our own tables
+        params,
+    )
 
 
 def record_coverage(*, source: DataSource) -> int:

@@ -53,6 +53,7 @@ from finops.errors import ImportRejected
 from finops.loading import (
     FINANCIAL_SPEC,
     OPERATIONAL_SPEC,
+    CopyStream,
     LoadResult,
     big_query_settings,
     copy_available,
@@ -194,7 +195,8 @@ def _stage(
     report: Report,
     timings: dict[str, float],
 ) -> _Staged:
-    """COPY the file, check and group it into ``FINANCIAL_SPEC.table``; GiveWay if unsure."""
+    """COPY the file, check and group it into the staging table of its fact kind (``_spec``);
+    GiveWay if unsure."""
     clock = time.perf_counter()
 
     def lap(step: str) -> None:
@@ -490,7 +492,7 @@ def _plain(stream: IO[bytes]) -> bool:
     return plain
 
 
-def _rewritten(rows: Iterator[tuple[int, list]], width: int) -> _CsvStream:
+def _rewritten(rows: Iterator[tuple[int, list]], width: int) -> CopyStream:
     """The rows as the row path reads them, written again as CSV with every cell quoted, for
     COPY: one parser (Python's) decides what the cells are. A row with a different number of
     cells than the header (but for empty cells after the last column) makes the bulk path
@@ -504,22 +506,14 @@ def _rewritten(rows: Iterator[tuple[int, list]], width: int) -> _CsvStream:
                 row = row[:width]
             yield row
 
-    return _CsvStream(cells())
+    def blocks() -> Iterator[str]:  # CSV text of REWRITE_ROWS_PER_READ rows at a time
+        source = cells()
+        while batch := list(itertools.islice(source, REWRITE_ROWS_PER_READ)):
+            buffer = io.StringIO()
+            csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows(batch)
+            yield buffer.getvalue()
 
-
-class _CsvStream:
-    """A file-like ``read()`` of CSV text (every cell quoted) made from rows on demand."""
-
-    def __init__(self, rows: Iterator[list]):
-        self._rows = rows
-
-    def read(self, size: int = -1) -> str:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
-        writer.writerows(itertools.islice(self._rows, REWRITE_ROWS_PER_READ))
-        return buffer.getvalue()
-
-    readline = read
+    return CopyStream(blocks(), per_read=1)
 
 
 class _without_bom:  # noqa: N801 - a small file wrapper

@@ -362,11 +362,7 @@ def load(source: DataSource, *, report: Report) -> LoadResult:
     if result is not None:
         return result
     _item, _table, mapper, _kept, _complete = _read(source, config)
-    if mapper.problems:
-        raise mapper.problems.rejected()
-    for warning in mapper.warnings():
-        report.warn(warning)
-    return load_mapped(source, mapper)
+    return load_mapped(source, mapper, report=report)
 
 
 def _load_in_bulk(source: DataSource, config: FileConfig, report: Report) -> LoadResult | None:

@@ -73,6 +73,7 @@ from finops.models import (
     code_validator,
 )
 from finops.periods import PeriodRule, month_end, month_start, period_for_date
+from finops.sources import Report
 
 FINANCIAL, OPERATIONAL = "financial", "operational"
 FACT_KINDS = (FINANCIAL, OPERATIONAL)
@@ -842,14 +843,17 @@ def map_rows(
     return mapper.rows(), []
 
 
-def load_mapped(source: DataSource, mapper: RowMapper) -> LoadResult:
-    """Write a mapper's rows as ``source``'s facts (call only when it has no problems).
+def load_mapped(source: DataSource, mapper: RowMapper, *, report: Report) -> LoadResult:
+    """Write a mapper's rows as ``source``'s facts, all or nothing: ImportRejected with the
+    row-level report if any record had a problem, else its warnings on ``report``.
 
     Replaces the source's facts in the scenario-periods the rows cover; with ``snapshot`` the
     input is the whole source, so its facts in periods the input no longer has are deleted too.
     """
     if mapper.problems:
-        raise ValueError("refusing to load rows that have problems")
+        raise mapper.problems.rejected()
+    for warning in mapper.warnings():
+        report.warn(warning)
     if mapper.config.fact_kind == FINANCIAL:
         result = load_financial_facts(source=source, rows=mapper.rows())
     else:

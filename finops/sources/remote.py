@@ -171,11 +171,7 @@ def read_mapped(
 def load_source(source: DataSource, config: Any, opener: Opener, *, report: Report) -> LoadResult:
     """Read, validate and load, all or nothing (as the file source does)."""
     _stream, mapper, _kept, _complete = read_mapped(source, config, opener)
-    if mapper.problems:
-        raise mapper.problems.rejected()
-    for warning in mapper.warnings():
-        report.warn(warning)
-    return load_mapped(source, mapper)
+    return load_mapped(source, mapper, report=report)
 
 
 def preview_source(
