@@ -93,11 +93,18 @@ def lock_dimensions() -> None:
     load looked up stay valid until it commits. This is what keeps fact references right in
     place of per-row foreign-key checks (see ``finops.models.FACT_REFERENCE``). Call inside a
     transaction, before looking codes up; taking the locks again is free."""
+    lock_for_reading(*DIMENSIONS)
+
+
+def lock_for_reading(*tables: type[models.Model]) -> None:
+    """Hold these models' tables in SHARE mode until the transaction ends (see
+    ``lock_dimensions``; the metric engine holds its definitions so). Nothing to do on SQLite,
+    where a writing transaction already excludes every other writer."""
     if connection.vendor != "postgresql":
-        return  # SQLite: a writing transaction already excludes every other writer
-    tables = ", ".join(model._meta.db_table for model in DIMENSIONS)
+        return
+    names = ", ".join(model._meta.db_table for model in tables)
     with connection.cursor() as cursor:
-        cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
+        cursor.execute(f"LOCK TABLE {names} IN SHARE MODE")
 
 
 def wait_for_readers(model: type[models.Model]) -> None:

@@ -12,7 +12,6 @@ Progress is informative only: if the cache is down, the refresh goes on without 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 
 from django.core.cache import cache
@@ -27,7 +26,6 @@ class Progress:
     stage: str  # what the run is doing now, in words
     done: int  # steps finished: one per source, then the recompute
     total: int
-    updated: float  # time.time() of this report
 
     @property
     def step(self) -> int:  # the step under way, counted from 1
@@ -44,7 +42,7 @@ def _key(run_id: int) -> str:
 
 def publish(run_id: int, *, stage: str, done: int, total: int) -> None:
     try:
-        cache.set(_key(run_id), asdict(Progress(stage, done, total, time.time())), TTL)
+        cache.set(_key(run_id), asdict(Progress(stage, done, total)), TTL)
     except Exception:  # noqa: BLE001 - progress must never stop a refresh
         log.warning("refresh run %s: could not publish its progress", run_id, exc_info=True)
 

@@ -56,6 +56,7 @@ from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, models, transaction
 
+from finops.loading import lock_for_reading
 from finops.models import CurrencyRate, Entity, RefreshRun, Scenario
 from finops.periods import add_months, grain_months, grain_start, month_range
 from kpis.aggregate import financial_totals, operational_totals
@@ -161,11 +162,7 @@ def _lock_definitions() -> None:
     they can be read but not changed meanwhile (an edit in the admin waits), so every value
     written refers to a KPI, measure, entity and scenario as they were read (see
     ``kpis.models.VALUE_REFERENCE``). Taking the locks again in the same transaction is free."""
-    if connection.vendor != "postgresql":
-        return  # SQLite: a writing transaction already excludes every other writer
-    tables = ", ".join(model._meta.db_table for model in (KPI, Measure, Entity, Scenario))
-    with connection.cursor() as cursor:
-        cursor.execute(f"LOCK TABLE {tables} IN SHARE MODE")
+    lock_for_reading(KPI, Measure, Entity, Scenario)
 
 
 @contextlib.contextmanager
