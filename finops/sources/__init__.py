@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 from finops.loading import LoadResult
 from finops.models import DataSource
@@ -21,7 +22,9 @@ class Report:
         self.warnings.append(message)
 
 
-Loader = Callable[..., LoadResult]  # load(source: DataSource, *, report: Report) -> LoadResult
+# load(source: DataSource, *, report: Report, pulled: Pulled | None = None) -> LoadResult; the
+# pulled records are given only to a loader whose module has ``pull`` (finops.sources.pull).
+Loader = Callable[..., LoadResult]
 
 LOADERS: dict[str, str] = {
     DataSource.Kind.FILE: "finops.sources.files",
@@ -32,9 +35,15 @@ LOADERS: dict[str, str] = {
 }
 
 
-def loader_for(source: DataSource) -> Loader:
+def loader_module(source: DataSource) -> ModuleType:
+    """The module of the source's kind: its ``load``, and ``pull`` for a source whose records
+    can be pulled ahead of the load (``finops.sources.pull``)."""
     try:
         module = LOADERS[source.kind]
     except KeyError:
         raise ValueError(f"No loader for data sources of kind {source.kind!r}") from None
-    return importlib.import_module(module).load
+    return importlib.import_module(module)
+
+
+def loader_for(source: DataSource) -> Loader:
+    return loader_module(source).load

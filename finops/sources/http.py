@@ -53,6 +53,7 @@ from finops.loading import LoadResult
 from finops.models import DataSource
 from finops.sources import Report
 from finops.sources.mapping import ConfigInvalid, MappingConfig, validate_config
+from finops.sources.pull import Pulled, pull_records
 from finops.sources.remote import (
     SourceError,
     Stream,
@@ -611,9 +612,14 @@ def open_api(source: DataSource, config: HttpConfig) -> Iterator[Stream]:
 # --- the loader and the preview --------------------------------------------------------------
 
 
-def load(source: DataSource, *, report: Report) -> LoadResult:
-    """Fetch every page and load the records, all or nothing."""
-    return load_source(source, parse_config(source), open_api, report=report)
+def load(source: DataSource, *, report: Report, pulled: Pulled | None = None) -> LoadResult:
+    """Fetch every page and load the records, all or nothing (live, or from the records pulled ahead)."""
+    return load_source(source, parse_config, open_api, report=report, pulled=pulled)
+
+
+def pull(source: DataSource) -> Pulled:
+    """Read every record into a spool, ahead of the load (in a pull thread; see finops.sources.pull)."""
+    return pull_records(source, parse_config, open_api)
 
 
 def preview(source: DataSource, **limits):

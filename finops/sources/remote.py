@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -34,6 +34,9 @@ from finops.sources.mapping import ConfigInvalid, Lookups, MappedRow, RowMapper,
 SECRET_ENV_PREFIX = "FINOPS_SECRET_"  # noqa: S105 - a name prefix, not a secret
 DEFAULT_SECRETS_DIR = "/run/secrets"
 MAX_SECRET_BYTES = 64 * 1024
+if TYPE_CHECKING:
+    from finops.sources.pull import Pulled
+
 _ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
@@ -168,9 +171,25 @@ def read_mapped(
     return stream, mapper, kept, complete
 
 
-def load_source(source: DataSource, config: Any, opener: Opener, *, report: Report) -> LoadResult:
-    """Read, validate and load, all or nothing (as the file source does)."""
-    _stream, mapper, _kept, _complete = read_mapped(source, config, opener)
+def load_source(
+    source: DataSource,
+    parse: Callable[[DataSource], Any],
+    opener: Opener,
+    *,
+    report: Report,
+    pulled: Pulled | None = None,
+) -> LoadResult:
+    """Read, validate and load, all or nothing (as the file source does): live, or from the
+    records ``pulled`` ahead of the load (which raises what the pull met, where it met it)."""
+    if pulled is None:
+        config = parse(source)
+    else:
+        config, opener = pulled.config, pulled.open
+    try:
+        _stream, mapper, _kept, _complete = read_mapped(source, config, opener)
+    finally:
+        if pulled is not None:
+            pulled.close()
     return load_mapped(source, mapper, report=report)
 
 

@@ -44,6 +44,7 @@ from finops.models import DataSource
 from finops.sources import Report
 from finops.sources.files import resolve_path
 from finops.sources.mapping import ConfigInvalid, MappingConfig, validate_config
+from finops.sources.pull import Pulled, pull_records
 from finops.sources.remote import (
     SourceError,
     Stream,
@@ -465,9 +466,14 @@ def open_query(source: DataSource, config: SqlConfig) -> Iterator[Stream]:
 # --- the loader and the preview --------------------------------------------------------------
 
 
-def load(source: DataSource, *, report: Report) -> LoadResult:
-    """Run the source's query and load its rows, all or nothing."""
-    return load_source(source, parse_config(source), open_query, report=report)
+def load(source: DataSource, *, report: Report, pulled: Pulled | None = None) -> LoadResult:
+    """Run the source's query and load its rows, all or nothing (live, or from the records pulled ahead)."""
+    return load_source(source, parse_config, open_query, report=report, pulled=pulled)
+
+
+def pull(source: DataSource) -> Pulled:
+    """Read every record into a spool, ahead of the load (in a pull thread; see finops.sources.pull)."""
+    return pull_records(source, parse_config, open_query)
 
 
 def preview(source: DataSource, **limits):
