@@ -58,7 +58,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	set -a; eval "$$($(BIN)/python scripts/services.py)"; set +a; \
-	for script in tests/bench/bench_*.py; do $(BIN)/python $$script || exit 1; done
+	status=0; for script in tests/bench/bench_*.py; do $(BIN)/python $$script || status=1; done; exit $$status
 
 clean:
 	rm -rf $(VENV) node_modules db.sqlite3 staticfiles .pytest_cache .ruff_cache
