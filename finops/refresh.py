@@ -177,7 +177,14 @@ def _refresh_source(run: RefreshRun, source: DataSource, total: LoadResult, pull
     started = time.monotonic()
     step = {"source": source.slug, "status": "succeeded"}
     pulled = pulls.take(source)  # waits for the source's pull, when it was pulled ahead
-    if pulled is not None:
+    if pulled is not None and pulled.live:
+        log.info(
+            "refresh run %s: source %s loads live: its spool could not hold a record (%s)",
+            run.pk,
+            source.slug,
+            pulled.live,
+        )
+    elif pulled is not None:
         step["pulled_ahead"] = {"records": pulled.records, "seconds": round(pulled.seconds, 3)}
     try:
         with transaction.atomic():  # a savepoint: a rejected source rolls back alone

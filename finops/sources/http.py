@@ -41,6 +41,7 @@ import json
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -617,9 +618,9 @@ def load(source: DataSource, *, report: Report, pulled: Pulled | None = None) ->
     return load_source(source, parse_config, open_api, report=report, pulled=pulled)
 
 
-def pull(source: DataSource) -> Pulled:
+def pull(source: DataSource, stop: threading.Event | None = None) -> Pulled:
     """Read every record into a spool, ahead of the load (in a pull thread; see finops.sources.pull)."""
-    return pull_records(source, parse_config, open_api)
+    return pull_records(source, parse_config, open_api, stop)
 
 
 def preview(source: DataSource, **limits):

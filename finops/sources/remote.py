@@ -181,6 +181,8 @@ def load_source(
 ) -> LoadResult:
     """Read, validate and load, all or nothing (as the file source does): live, or from the
     records ``pulled`` ahead of the load (which raises what the pull met, where it met it)."""
+    if pulled is not None and pulled.live:  # the spool could not hold the records
+        pulled = None
     if pulled is None:
         config = parse(source)
     else:

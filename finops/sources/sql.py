@@ -28,6 +28,7 @@ Config (``DataSource.config``; the admin edits it as a form, docs/data-sources.m
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -471,9 +472,9 @@ def load(source: DataSource, *, report: Report, pulled: Pulled | None = None) ->
     return load_source(source, parse_config, open_query, report=report, pulled=pulled)
 
 
-def pull(source: DataSource) -> Pulled:
+def pull(source: DataSource, stop: threading.Event | None = None) -> Pulled:
     """Read every record into a spool, ahead of the load (in a pull thread; see finops.sources.pull)."""
-    return pull_records(source, parse_config, open_query)
+    return pull_records(source, parse_config, open_query, stop)
 
 
 def preview(source: DataSource, **limits):

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
 
 from finops.models import DataSource, FinancialFact, RefreshRun
 from finops.refresh import refresh
-from finops.sources import LOADERS
-from finops.sources.pull import Pulls
+from finops.sources import LOADERS, Report, sql
+from finops.sources.pull import SPOOL_BATCH, Pulls, Stopped, pull_records
+from finops.sources.remote import SourceError, Stream, load_source
 from tests import factories
 from tests.finops.test_http_source import MAPPING, RECORDS, Api, api_source, base
 
@@ -196,7 +198,7 @@ def test_a_failing_pulled_source_fails_with_the_live_message(dims, server, setti
     assert pulled_facts == live_facts and {slug for slug, _, _ in live_facts} == {"erp"}
 
 
-def test_a_sql_source_that_fails_mid_stream_keeps_the_message(dims, settings, tmp_path):
+def test_a_query_the_database_refuses_fails_with_the_live_message(dims, settings, tmp_path):
     def build():
         source = sqlite_source(tmp_path, "erp")
         source.config = {
@@ -236,3 +238,90 @@ def test_only_remote_sources_are_pulled_ahead(dims, server, tmp_path):
     pulls = Pulls.start([upload, shop])
     assert set(pulls.futures) == {shop.pk}
     pulls.close()
+
+
+# --- the spool ----------------------------------------------------------------------------------
+
+
+def opener_of(records, header=("posted", "company", "account", "amount")):
+    """An opener (as finops.sources.remote.Opener) that yields ``records`` (an iterable)."""
+
+    @contextmanager
+    def opener(source, config):
+        yield Stream("fake", "a fake stream", list(header), records, "the records", "no records")
+
+    return opener
+
+
+def numbered_rows(count: int, *, then: Exception | None = None):
+    for number in range(1, count + 1):
+        yield number, ("2024-01-15", "acme", "4000", "1.00")
+    if then is not None:
+        raise then
+
+
+def test_an_error_after_several_batches_is_replayed_after_every_record_read_before_it(dims):
+    source = DataSource(slug="erp", kind=DataSource.Kind.SQL)
+    failure = SourceError("the database failed while sending rows: connection reset", column="query")
+    records = SPOOL_BATCH + 500
+    pulled = pull_records(source, lambda s: None, opener_of(numbered_rows(records, then=failure)))
+    assert (pulled.records, pulled.error, pulled.live) == (records, failure, "")
+    with pulled.open(source, None) as stream:
+        replayed = []
+        with pytest.raises(SourceError, match="connection reset"):
+            for number, _record in stream.records:
+                replayed.append(number)
+    assert replayed == list(range(1, records + 1))
+    pulled.close()
+
+
+def test_a_record_the_spool_cannot_hold_makes_the_source_load_live(dims, tmp_path):
+    """psycopg2 gives a bytea column as a memoryview, which pickle refuses."""
+    source = sqlite_source(tmp_path, "erp")
+
+    @contextmanager
+    def with_a_binary_column(source, config):
+        with sql.open_query(source, config) as stream:
+            rows = ((n, (*row, memoryview(b"\x00"))) for n, row in stream.records)
+            yield Stream(
+                stream.name, stream.origin, [*stream.header, "blob"], rows, stream.where, stream.empty
+            )
+
+    pulled = pull_records(source, sql.parse_config, with_a_binary_column)
+    assert "memoryview" in pulled.live and pulled.spool is None and pulled.error is None
+    result = load_source(source, sql.parse_config, sql.open_query, report=Report(), pulled=pulled)
+    assert (result.rows_read, result.rows_inserted) == (4, 3)
+
+
+def test_a_stopped_pull_ends_at_its_next_batch_on_a_daemon_thread(dims):
+    def endless():
+        number = 0
+        while True:
+            number += 1
+            yield number, ("2024-01-15", "acme", "4000", "1.00")
+
+    stop = threading.Event()
+    stop.set()
+    pulled = pull_records(DataSource(slug="erp"), lambda s: None, opener_of(endless()), stop)
+    assert isinstance(pulled.error, Stopped) and pulled.records == SPOOL_BATCH
+
+
+def test_close_stops_the_pulls_no_load_took(dims, monkeypatch, server, tmp_path):
+    started, release = threading.Event(), threading.Event()
+
+    def slow_pull(source, stop):
+        started.set()
+        release.wait(10)
+        return pull_records(source, sql.parse_config, sql.open_query, stop)
+
+    monkeypatch.setattr(sql, "pull", slow_pull)
+    sources = [sqlite_source(tmp_path, "erp"), sqlite_source(tmp_path, "erp2")]
+    pulls = Pulls.start(sources)
+    futures = list(pulls.futures.values())
+    assert started.wait(10)
+    threads = [t for t in threading.enumerate() if t.name.startswith("finops-pull-")]
+    assert threads and all(t.daemon for t in threads)  # never holds up the end of a process
+    pulls.close()
+    release.set()
+    results = [future.result(timeout=10) for future in futures if not future.cancelled()]
+    assert all(p.spool is None for p in results)  # closed when each pull ended
