@@ -8,10 +8,12 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from finops.admin_base import WaitsForRefresh
+from finops.api_auth import issue_token
 from finops.errors import ImportRejected
 from finops.models import (
     PERIOD_RULE_CHOICES,
     Account,
+    ApiToken,
     CurrencyRate,
     DataSource,
     Department,
@@ -806,3 +808,53 @@ class CurrencyRateAdmin(admin.ModelAdmin):
     list_display = ("currency", "period", "average_rate", "end_rate", "source")
     list_filter = ("currency", "source")
     date_hierarchy = "period"
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """API tokens. A new token's key is shown once, on the page after "Save" (it is not
+    stored). Only a superuser makes tokens for other users or sees theirs: a token acts as its
+    user, so anyone else makes tokens for themselves only. Delete a token to revoke it."""
+
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "expires_at")
+    list_select_related = ("user",)
+    search_fields = ("name", "user__username", "prefix")
+    readonly_fields = ("prefix", "created_at", "last_used_at")
+
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request)
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
+
+    def get_fields(self, request, obj=None):
+        if obj is not None:  # the user and the key never change; revoke and make another
+            return ("name", "user", "prefix", "expires_at", "created_at", "last_used_at")
+        return ("name", "user", "expires_at") if request.user.is_superuser else ("name", "expires_at")
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*self.readonly_fields, "user") if obj is not None else ()
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        user = obj.user if request.user.is_superuser and obj.user_id else request.user
+        token, key = issue_token(user, obj.name, expires_at=obj.expires_at)
+        obj.pk, obj.user, obj.prefix = token.pk, user, token.prefix
+        obj._state.adding = False
+        request.new_api_key = key  # shown by response_add, once; never stored
+
+    def response_add(self, request, obj, post_url_continue=None):
+        key = getattr(request, "new_api_key", None)
+        if key is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "token": obj,
+            "key": key,
+            "api_root": request.build_absolute_uri("/api/v1/"),
+            "title": "Your new API token",
+        }
+        response = TemplateResponse(request, "admin/finops/apitoken/issued.html", context)
+        response["Cache-Control"] = "no-store"
+        return response

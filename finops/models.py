@@ -414,3 +414,26 @@ class PeriodCoverage(models.Model):
 
 
 PERIOD_RULE_CHOICES = [(rule.value, rule.label) for rule in PeriodRule]
+
+
+class ApiToken(models.Model):
+    """A key for the REST API (``/api/v1/``), for a BI tool or a script acting as ``user``.
+
+    Only the key's SHA-256 digest is stored, and its first characters to tell keys apart; the
+    key itself is shown once, when it is made (``finops.api_auth.issue_token``). Deleting the
+    token revokes it."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What uses it, e.g. 'Power BI finance workspace'.")
+    prefix = models.CharField(max_length=12, editable=False, help_text="The key's first characters.")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: it does not expire.")
+
+    class Meta:
+        verbose_name = "API token"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -30,9 +30,11 @@ def ensure_roles() -> dict[str, Group]:
     view_all = Permission.objects.filter(
         codename__startswith="view_", content_type__app_label__in=ANALYST_APPS
     )
-    groups[LEADERSHIP].permissions.set(view_all)
+    # Everyone makes and revokes their own API tokens (the admin shows each user only theirs).
+    tokens = Permission.objects.filter(content_type__app_label="finops", content_type__model="apitoken")
+    groups[LEADERSHIP].permissions.set(view_all | tokens)
     groups[ANALYSTS].permissions.set(Permission.objects.filter(content_type__app_label__in=ANALYST_APPS))
-    department = view_all | Permission.objects.filter(content_type__app_label__in=DEPARTMENT_APPS)
+    department = view_all | tokens | Permission.objects.filter(content_type__app_label__in=DEPARTMENT_APPS)
     for name in (FINANCE, OPERATIONS):
         groups[name].permissions.set(department)
     return groups

@@ -38,6 +38,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_celery_beat",
+    "rest_framework",
+    "drf_spectacular",
     "finops",
     "kpis",
     "alignment",
@@ -213,6 +215,35 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# The REST API under /api/v1/ (docs/api.md): read-only JSON for BI tools and scripts, signed in
+# with an API token (finops/api_auth.py) or a browser session; every request counts against
+# FINOPS_API_RATE per user.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "finops.api_auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": envstr("FINOPS_API_RATE", "1200/min")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "FinOps Review API",
+    "DESCRIPTION": "Read-only access to the stored KPI values, their definitions, the goals they "
+    "measure, the organisation and the refresh runs: the numbers the pages show.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "KPIValueStatusEnum": "kpis.models.KPIValue.Status",
+        "RefreshRunStatusEnum": "finops.models.RefreshRun.Status",
+    },
 }
 
 # Where the AdventureWorksDW sample lives on a developer's machine (tests skip without it).

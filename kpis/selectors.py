@@ -32,7 +32,11 @@ if TYPE_CHECKING:  # the scorecard's filters; read by attribute only (kpis sits 
 
 
 class UnknownName(ValueError):
-    pass
+    """A code or name that names nothing; ``what`` is the filter it was given for."""
+
+    def __init__(self, message: str, *, what: str) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 def kpi_values(
@@ -43,13 +47,48 @@ def kpi_values(
     kpi = KPI.objects.filter(code=code).first()
     if kpi is None:
         known = ", ".join(KPI.objects.order_by("code").values_list("code", flat=True)[:50])
-        raise UnknownName(f"No KPI {code!r}. Known: {known or 'none yet'}.")
+        raise UnknownName(f"No KPI {code!r}. Known: {known or 'none yet'}.", what="kpi")
     scenario_obj = _scenario(scenario)
     entity_obj = _entity(entity)
     return (
         KPIValue.objects.filter(kpi=kpi, grain=grain, scenario=scenario_obj, entity=entity_obj)
         .select_related("kpi", "scenario", "entity")
         .order_by("period")
+    )
+
+
+def kpi_value_rows(
+    *,
+    codes: list[str] | None = None,
+    grain: str = "month",
+    scenario: str | None = None,
+    entity: str | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    status: str | None = None,
+) -> QuerySet:
+    """Stored values of some KPIs (None: every active one) at one grain, scenario (default:
+    actual) and entity (default: the root of the organization tree), optionally between two
+    period starts; in KPI order, then oldest period first. UnknownName for a code not found."""
+    kpis = KPI.objects.filter(is_active=True) if codes is None else KPI.objects.filter(code__in=codes)
+    if codes is not None:
+        missing = sorted(set(codes) - set(kpis.values_list("code", flat=True)))
+        if missing:
+            known = ", ".join(KPI.objects.order_by("code").values_list("code", flat=True)[:50])
+            raise UnknownName(
+                f"No KPI {', '.join(map(repr, missing))}. Known: {known or 'none yet'}.", what="kpi"
+            )
+    query = KPIValue.objects.filter(
+        kpi__in=kpis, grain=grain, scenario=_scenario(scenario), entity=_entity(entity)
+    )
+    if start is not None:
+        query = query.filter(period__gte=start)
+    if end is not None:
+        query = query.filter(period__lte=end)
+    if status is not None:
+        query = query.filter(status=status)
+    return query.select_related("kpi", "scenario", "entity").order_by(
+        "kpi__sort_order", "kpi__code", "period", "pk"
     )
 
 
@@ -63,7 +102,7 @@ def _scenario(name: str | None) -> Scenario:
         )
     if found is None:
         known = ", ".join(Scenario.objects.values_list("code", flat=True))
-        raise UnknownName(f"No scenario {name!r}. Known: {known or 'none yet'}.")
+        raise UnknownName(f"No scenario {name!r}. Known: {known or 'none yet'}.", what="scenario")
     return found
 
 
@@ -77,7 +116,7 @@ def _entity(name: str | None) -> Entity:
         )
     if found is None:
         known = ", ".join(Entity.objects.values_list("code", flat=True)[:50])
-        raise UnknownName(f"No entity {name!r}. Known: {known or 'none yet'}.")
+        raise UnknownName(f"No entity {name!r}. Known: {known or 'none yet'}.", what="entity")
     return found
 
 

@@ -1,0 +1,121 @@
+"""The REST API's data layer: the organisation (entities, departments, scenarios) and the
+refresh runs, plus what every endpoint shares (pagination). Read-only; see docs/api.md."""
+
+from __future__ import annotations
+
+from rest_framework import generics, serializers
+from rest_framework.pagination import PageNumberPagination
+
+from finops.models import Department, Entity, RefreshRun, Scenario
+
+
+class Pages(PageNumberPagination):
+    """``?page=N`` of ``page_size`` rows (default 500, at most 5,000), with ``count``, ``next``
+    and ``previous``."""
+
+    page_size = 500
+    page_size_query_param = "page_size"
+    max_page_size = 5000
+
+
+class EntitySerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
+
+    class Meta:
+        model = Entity
+        fields = ("code", "name", "currency", "parent")
+
+
+class DepartmentSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
+
+    class Meta:
+        model = Department
+        fields = ("code", "name", "side", "parent")
+
+
+class ScenarioSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Scenario
+        fields = ("code", "name", "kind")
+
+
+class RefreshRunSerializer(serializers.ModelSerializer):
+    source = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    warnings = serializers.SerializerMethodField(help_text="How many warnings the run has.")
+    errors = serializers.SerializerMethodField(
+        help_text="How many errors the run has (rejected rows included)."
+    )
+
+    class Meta:
+        model = RefreshRun
+        fields = (
+            "id",
+            "status",
+            "trigger",
+            "source",
+            "started_at",
+            "finished_at",
+            "rows_read",
+            "rows_inserted",
+            "rows_updated",
+            "rows_deleted",
+            "rows_rejected",
+            "warnings",
+            "errors",
+        )
+
+    def get_warnings(self, run: RefreshRun) -> int:
+        return len(run.warnings)
+
+    def get_errors(self, run: RefreshRun) -> int:
+        return len(run.errors)
+
+
+class RefreshRunDetailSerializer(RefreshRunSerializer):
+    warnings = serializers.JSONField(read_only=True)
+    errors = serializers.JSONField(read_only=True)
+    steps = serializers.JSONField(read_only=True)
+
+    class Meta(RefreshRunSerializer.Meta):
+        fields = (*RefreshRunSerializer.Meta.fields, "steps")
+
+
+class EntityList(generics.ListAPIView):
+    """Entities (companies and groups), each with its parent: the organisation tree."""
+
+    serializer_class = EntitySerializer
+    pagination_class = Pages
+    queryset = Entity.objects.select_related("parent").order_by("code")
+
+
+class DepartmentList(generics.ListAPIView):
+    """Departments and cost centres, each with its side (finance, operations) and parent."""
+
+    serializer_class = DepartmentSerializer
+    pagination_class = Pages
+    queryset = Department.objects.select_related("parent").order_by("code")
+
+
+class ScenarioList(generics.ListAPIView):
+    """Scenarios: actual, budget, forecast and any other."""
+
+    serializer_class = ScenarioSerializer
+    pagination_class = Pages
+    queryset = Scenario.objects.order_by("code")
+
+
+class RefreshRunList(generics.ListAPIView):
+    """Refresh runs, newest first, with their figures (counts of warnings and errors)."""
+
+    serializer_class = RefreshRunSerializer
+    pagination_class = Pages
+    queryset = RefreshRun.objects.select_related("source").order_by("-started_at", "-pk")
+
+
+class RefreshRunDetail(generics.RetrieveAPIView):
+    """One refresh run with its steps, warnings and errors (each rejected row's source, row,
+    column, value and reason)."""
+
+    serializer_class = RefreshRunDetailSerializer
+    queryset = RefreshRun.objects.select_related("source")
