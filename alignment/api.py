@@ -15,6 +15,7 @@ class GoalKPISerializer(serializers.ModelSerializer):
     class Meta:
         model = GoalKPI
         fields = ("kpi", "role", "weight", "target")
+        read_only_fields = fields
 
 
 class GoalSerializer(serializers.ModelSerializer):
@@ -35,6 +36,7 @@ class GoalSerializer(serializers.ModelSerializer):
             "weight",
             "kpis",
         )
+        read_only_fields = fields
 
 
 class GoalList(generics.ListAPIView):

@@ -2,10 +2,11 @@
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 
 from finops.admin_base import WaitsForRefresh
 from finops.api_auth import issue_token
@@ -831,7 +832,16 @@ class ApiTokenAdmin(admin.ModelAdmin):
         return ("name", "user", "expires_at") if request.user.is_superuser else ("name", "expires_at")
 
     def get_readonly_fields(self, request, obj=None):
-        return (*self.readonly_fields, "user") if obj is not None else ()
+        if obj is None:
+            return ()
+        # Only a superuser moves an expiry: the token's user can't extend their own.
+        return (*self.readonly_fields, "user", *(() if request.user.is_superuser else ("expires_at",)))
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "expires_at" in form.base_fields:
+            form.base_fields["expires_at"].validators = [_in_the_future]
+        return form
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -858,3 +868,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
         response = TemplateResponse(request, "admin/finops/apitoken/issued.html", context)
         response["Cache-Control"] = "no-store"
         return response
+
+
+def _in_the_future(moment) -> None:
+    if moment is not None and moment <= timezone.now():
+        raise ValidationError("The expiry is already past: leave it empty, or pick a later date.")

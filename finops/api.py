@@ -3,6 +3,7 @@ refresh runs, plus what every endpoint shares (pagination). Read-only; see docs/
 
 from __future__ import annotations
 
+from django.db import models
 from rest_framework import generics, serializers
 from rest_framework.pagination import PageNumberPagination
 
@@ -24,6 +25,7 @@ class EntitySerializer(serializers.ModelSerializer):
     class Meta:
         model = Entity
         fields = ("code", "name", "currency", "parent")
+        read_only_fields = fields
 
 
 class DepartmentSerializer(serializers.ModelSerializer):
@@ -32,19 +34,23 @@ class DepartmentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Department
         fields = ("code", "name", "side", "parent")
+        read_only_fields = fields
 
 
 class ScenarioSerializer(serializers.ModelSerializer):
     class Meta:
         model = Scenario
         fields = ("code", "name", "kind")
+        read_only_fields = fields
 
 
 class RefreshRunSerializer(serializers.ModelSerializer):
     source = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    warnings = serializers.SerializerMethodField(help_text="How many warnings the run has.")
-    errors = serializers.SerializerMethodField(
-        help_text="How many errors the run has (rejected rows included)."
+    warnings = serializers.IntegerField(source="warning_count", read_only=True, help_text="Warnings stored.")
+    errors = serializers.IntegerField(
+        source="error_count",
+        read_only=True,
+        help_text="Errors stored: at most 1,000 rejected rows per source (rows_rejected counts every one).",
     )
 
     class Meta:
@@ -64,18 +70,21 @@ class RefreshRunSerializer(serializers.ModelSerializer):
             "warnings",
             "errors",
         )
-
-    def get_warnings(self, run: RefreshRun) -> int:
-        return len(run.warnings)
-
-    def get_errors(self, run: RefreshRun) -> int:
-        return len(run.errors)
+        read_only_fields = fields
 
 
 class RefreshRunDetailSerializer(RefreshRunSerializer):
-    warnings = serializers.JSONField(read_only=True)
-    errors = serializers.JSONField(read_only=True)
-    steps = serializers.JSONField(read_only=True)
+    warnings = serializers.ListField(child=serializers.DictField(), read_only=True)
+    errors = serializers.ListField(
+        child=serializers.DictField(),
+        read_only=True,
+        help_text="Each rejected row: source, file, row, column, value and message.",
+    )
+    steps = serializers.ListField(
+        child=serializers.DictField(),
+        read_only=True,
+        help_text="Per source, then the recompute: figures and timings.",
+    )
 
     class Meta(RefreshRunSerializer.Meta):
         fields = (*RefreshRunSerializer.Meta.fields, "steps")
@@ -105,12 +114,29 @@ class ScenarioList(generics.ListAPIView):
     queryset = Scenario.objects.order_by("code")
 
 
+class JSONArrayLength(models.Func):
+    """The length of a JSON array column, counted by the database (the list never loads the
+    runs' steps, warnings and errors)."""
+
+    function = "jsonb_array_length"
+    output_field = models.IntegerField()
+
+    def as_sqlite(self, compiler, connection, **extra):
+        return super().as_sql(compiler, connection, function="json_array_length", **extra)
+
+
+def counted(runs: models.QuerySet) -> models.QuerySet:
+    return runs.annotate(warning_count=JSONArrayLength("warnings"), error_count=JSONArrayLength("errors"))
+
+
 class RefreshRunList(generics.ListAPIView):
     """Refresh runs, newest first, with their figures (counts of warnings and errors)."""
 
     serializer_class = RefreshRunSerializer
     pagination_class = Pages
-    queryset = RefreshRun.objects.select_related("source").order_by("-started_at", "-pk")
+    queryset = counted(
+        RefreshRun.objects.select_related("source").defer("steps", "warnings", "errors")
+    ).order_by("-started_at", "-pk")
 
 
 class RefreshRunDetail(generics.RetrieveAPIView):
@@ -118,4 +144,4 @@ class RefreshRunDetail(generics.RetrieveAPIView):
     column, value and reason)."""
 
     serializer_class = RefreshRunDetailSerializer
-    queryset = RefreshRun.objects.select_related("source")
+    queryset = counted(RefreshRun.objects.select_related("source"))

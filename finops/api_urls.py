@@ -3,11 +3,12 @@ app's ``api`` module; this file only routes them."""
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.decorators import api_view
+from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
@@ -36,6 +37,13 @@ def root(request: Request) -> Response:
     return Response({name: reverse(f"api:{name}", request=request) for name in ENDPOINTS})
 
 
+@extend_schema(exclude=True)
+@api_view(["GET"])
+def not_found(request: Request, path: str) -> Response:
+    """Any other path under /api/v1/: a 404 in JSON, as a client expects."""
+    raise NotFound(f"No endpoint /api/v1/{path}. The endpoints are listed at /api/v1/.")
+
+
 app_name = "api"
 urlpatterns = [
     path("", root, name="root"),
@@ -50,4 +58,5 @@ urlpatterns = [
     path("refresh-runs/", finops_api.RefreshRunList.as_view(), name="refresh-runs"),
     path("refresh-runs/<int:pk>/", finops_api.RefreshRunDetail.as_view(), name="refresh-run"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    re_path(r"^(?P<path>.+)$", not_found),
 ]

@@ -20,6 +20,7 @@ from kpis.models import KPI, KPIValue, Measure
 from kpis.selectors import UnknownName, kpi_value_rows
 
 MONTH = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?$")
+PAGE_PARAMETERS = {"page", "page_size"}
 
 
 class KPISerializer(serializers.ModelSerializer):
@@ -47,6 +48,7 @@ class KPISerializer(serializers.ModelSerializer):
             "band_low",
             "band_high",
         )
+        read_only_fields = fields
 
 
 class MeasureSerializer(serializers.ModelSerializer):
@@ -70,6 +72,7 @@ class MeasureSerializer(serializers.ModelSerializer):
             "unit",
             "multiplier",
         )
+        read_only_fields = fields
 
 
 class KPIValueSerializer(serializers.ModelSerializer):
@@ -101,6 +104,7 @@ class KPIValueSerializer(serializers.ModelSerializer):
             "inputs",
             "refresh_run",
         )
+        read_only_fields = fields
 
     def get_formatted(self, value: KPIValue) -> str:
         return format_value(value.value, value.kpi.unit, value.kpi.decimals, value.entity.currency)
@@ -112,6 +116,8 @@ def month_start(text: str) -> date:
     if match is None:
         raise ValidationError(f"{text!r} is not a month: write it as YYYY-MM, e.g. 2024-03.")
     year, month, day = int(match[1]), int(match[2]), match[3]
+    if year < 1:
+        raise ValidationError(f"{text!r}: there is no year 0.")
     if not 1 <= month <= 12:
         raise ValidationError(f"{text!r}: there is no month {month}.")
     if day is not None and int(day) != 1:
@@ -123,7 +129,9 @@ class KPIValueFilters(serializers.Serializer):
     """The query parameters of /api/v1/kpi-values/."""
 
     kpi = serializers.CharField(
-        required=False, help_text="KPI codes, comma-separated (default: every active KPI)."
+        required=False,
+        allow_blank=True,
+        help_text="KPI codes, comma-separated or repeated (default: every active KPI).",
     )
     grain = serializers.ChoiceField(choices=GRAINS, default="month")
     scenario = serializers.CharField(required=False, help_text="Scenario code or name (default: actual).")
@@ -184,12 +192,21 @@ class KPIValueList(generics.ListAPIView):
     pagination_class = Pages
 
     def get_queryset(self):
-        filters = KPIValueFilters(data=self.request.query_params)
+        params = self.request.query_params
+        unknown = sorted(set(params) - set(KPIValueFilters().fields) - PAGE_PARAMETERS)
+        if unknown:
+            known = ", ".join([*KPIValueFilters().fields, *sorted(PAGE_PARAMETERS)])
+            raise ValidationError({name: [f"Unknown parameter. Known: {known}."] for name in unknown})
+        filters = KPIValueFilters(data={**params.dict(), "kpi": ",".join(params.getlist("kpi"))})
         filters.is_valid(raise_exception=True)
         given = filters.validated_data
         codes = None
-        if given.get("kpi"):
-            codes = [code.strip() for code in given["kpi"].split(",") if code.strip()]
+        if "kpi" in params:
+            codes = [code.strip() for code in given.get("kpi", "").split(",") if code.strip()]
+            if not codes:
+                raise ValidationError(
+                    {"kpi": ["Give one or more KPI codes, or leave kpi out for every active KPI."]}
+                )
         try:
             return kpi_value_rows(
                 codes=codes,

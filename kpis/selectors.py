@@ -102,7 +102,8 @@ def _scenario(name: str | None) -> Scenario:
         )
     if found is None:
         known = ", ".join(Scenario.objects.values_list("code", flat=True))
-        raise UnknownName(f"No scenario {name!r}. Known: {known or 'none yet'}.", what="scenario")
+        missing = "No actual scenario: name one" if name is None else f"No scenario {name!r}"
+        raise UnknownName(f"{missing}. Known: {known or 'none yet'}.", what="scenario")
     return found
 
 

@@ -10,15 +10,18 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from alignment.models import Goal
 from finops.api_auth import issue_token
-from finops.models import ApiToken, RefreshRun
+from finops.models import Account, ApiToken, DataSource, Department, Entity, OperationalSeries, RefreshRun
 from finops.roles import FINANCE, LEADERSHIP, OPERATIONS
+from kpis.models import Measure
 from tests import factories
 from tests.alignment.builders import Board
 
@@ -192,6 +195,9 @@ def test_kpi_values_filter_by_kpi_grain_entity_period_and_status(api, board):
         ({"scenario": "forecast"}, "scenario", "No scenario 'forecast'. Known:"),
         ({"entity": "Mars"}, "entity", "No entity 'Mars'. Known:"),
         ({"status": "purple"}, "status", '"purple" is not a valid choice'),
+        ({"period_from": "0000-01"}, "period_from", "there is no year 0"),
+        ({"kpi": " , "}, "kpi", "Give one or more KPI codes"),
+        ({"kpis": "revenue"}, "kpis", "Unknown parameter. Known: kpi, grain,"),
     ],
 )
 def test_a_bad_parameter_gets_400_naming_it(api, board, params, field, words):
@@ -205,6 +211,40 @@ def test_a_bad_parameter_gets_400_naming_it(api, board, params, field, words):
 def test_every_bad_parameter_is_named_at_once(api, board):
     response, body = get(api, "kpi-values", grain="week", period_from="2024-13", status="purple")
     assert response.status_code == 400 and set(body) == {"grain", "period_from", "status"}
+
+
+def test_kpi_codes_may_be_repeated_or_comma_separated(api, board):
+    for code in ("a", "b", "c"):
+        board.values(board.kpi(code), JAN, ["1"])
+    response = api.get(reverse("api:kpi-values") + "?kpi=a&kpi=b,c")
+    assert [r["kpi"] for r in response.json()["results"]] == ["a", "b", "c"]
+
+
+def test_without_an_actual_scenario_the_default_says_so(api, db):
+    response, body = get(api, "kpi-values")
+    assert response.status_code == 400
+    assert body == {"scenario": ["No actual scenario: name one. Known: none yet."]}
+
+
+def test_an_unknown_path_is_a_json_404(api, board):
+    response = api.get("/api/v1/kpi-valuez/")
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": "No endpoint /api/v1/kpi-valuez/. The endpoints are listed at /api/v1/."
+    }
+
+
+def test_the_token_keyword_works_too(client, board, reader):
+    _token, key = issue_token(reader, "scripts")
+    assert client.get(reverse("api:kpis"), HTTP_AUTHORIZATION=f"Token {key}").status_code == 200
+
+
+def test_past_the_rate_a_user_gets_429(api, board, monkeypatch):
+    from rest_framework.throttling import UserRateThrottle
+
+    monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "2/min"})
+    codes = [api.get(reverse("api:kpis")).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
 
 
 def test_pages_of_a_chosen_size(api, board):
@@ -282,17 +322,40 @@ def queries_for(client, name: str) -> int:
     return len(queries)
 
 
-@pytest.mark.parametrize("name", ["kpi-values", "kpis", "goals", "measures", "entities", "refresh-runs"])
+def grow(board: Board, size: int) -> None:
+    """``size`` more of everything the lists show, each with the relations a list reads."""
+    goal = board.goal(f"G{size}", department=board.finance, parent=Goal.objects.filter(code="G5").first())
+    source = DataSource.objects.create(slug=f"s{size}", name=f"S{size}", kind=DataSource.Kind.FILE)
+    account = Account.objects.create(
+        code=f"A{size}", name=f"A{size}", account_type="revenue", time_behaviour="flow"
+    )
+    series = OperationalSeries.objects.create(code=f"o{size}", name=f"O{size}")
+    for i in range(size):
+        kpi = board.kpi(f"k{size}_{i}", department=board.ops)
+        board.values(kpi, JAN, ["1", "2"])
+        board.link(goal, kpi)
+        RefreshRun.objects.create(status=RefreshRun.Status.FAILED, source=source, errors=[{"row": 1}])
+        Entity.objects.create(code=f"E{size}_{i}", name=f"E{size} {i}", currency="USD", parent=board.us)
+        Department.objects.create(
+            code=f"D{size}_{i}", name=f"D{size} {i}", side="finance", parent=board.finance
+        )
+        measure = Measure.objects.create(
+            code=f"m{size}_{i}", name=f"m {i}", kind="account", time_behaviour="flow", scenario=board.budget
+        )
+        measure.accounts.add(account)
+        Measure.objects.create(
+            code=f"s{size}_{i}", name=f"s {i}", kind="series_value", series=series, time_behaviour="flow"
+        )
+
+
+@pytest.mark.parametrize(
+    "name", ["kpi-values", "kpis", "goals", "measures", "entities", "departments", "refresh-runs"]
+)
 def test_each_list_makes_the_same_number_of_queries_for_5_or_60_rows(client, board, reader, name):
     client.force_login(reader)
     counts = []
     for size in (5, 60):
-        goal = board.goal(f"G{size}")
-        for i in range(size):
-            kpi = board.kpi(f"k{size}_{i}")
-            board.values(kpi, JAN, ["1", "2"])
-            board.link(goal, kpi)
-            RefreshRun.objects.create(status=RefreshRun.Status.SUCCEEDED)
+        grow(board, size)
         counts.append(queries_for(client, name))
     assert counts[0] == counts[1], f"{name}: {counts[0]} queries with fewer rows, {counts[1]} with more"
     assert counts[0] <= 8
@@ -364,6 +427,34 @@ def test_leaders_and_department_members_make_their_own_tokens_in_the_admin(clien
     response = client.post(reverse("admin:finops_apitoken_add"), {"name": "Tableau"})
     assert response.status_code == 200 and "Copy this key now" in response.content.decode()
     assert ApiToken.objects.get().user == member
+
+
+def test_the_schema_needs_a_key_too(client, db):
+    assert client.get(reverse("api:schema")).status_code == 401
+
+
+def test_a_superuser_makes_a_token_for_another_user(client, reader):
+    admin_user = User.objects.create_superuser("root", password="pw")
+    client.force_login(admin_user)
+    response = client.post(reverse("admin:finops_apitoken_add"), {"name": "for the CEO", "user": reader.pk})
+    assert response.status_code == 200 and ApiToken.objects.get().user == reader
+
+
+def test_a_user_cannot_extend_their_token_or_make_one_already_expired(client):
+    member = factories.user_in(LEADERSHIP, "member", is_staff=True)
+    until = timezone.now() + timedelta(days=30)
+    token, _key = issue_token(member, "given", expires_at=until)
+    client.force_login(member)
+    change = reverse("admin:finops_apitoken_change", args=[token.pk])
+    client.post(change, {"name": "given", "expires_at_0": "", "expires_at_1": ""})
+    token.refresh_from_db()
+    assert token.expires_at == until
+    response = client.post(
+        reverse("admin:finops_apitoken_add"),
+        {"name": "old", "expires_at_0": "2020-01-01", "expires_at_1": "00:00:00"},
+    )
+    assert "The expiry is already past" in response.content.decode()
+    assert ApiToken.objects.count() == 1
 
 
 def test_the_command_prints_a_key_that_signs_in(client, board, reader):
