@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -92,9 +94,10 @@ class Api(BaseHTTPRequestHandler):
             self.send(404, "not found", "text/plain")
 
 
-@pytest.fixture
-def server():
-    api = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """A local HTTP server on a free port, answering with ``handler``, for the block."""
+    api = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     api.seen = []
     thread = threading.Thread(target=api.serve_forever, daemon=True)
     thread.start()
@@ -103,6 +106,12 @@ def server():
     finally:
         api.shutdown()
         api.server_close()
+
+
+@pytest.fixture
+def server():
+    with serving(Api) as api:
+        yield api
 
 
 def base(server) -> str:

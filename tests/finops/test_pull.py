@@ -22,7 +22,7 @@ from finops.sources import LOADERS, Report, sql
 from finops.sources.pull import SPOOL_BATCH, Pulls, Stopped, pull_records
 from finops.sources.remote import SourceError, Stream, load_source
 from tests import factories
-from tests.finops.test_http_source import MAPPING, RECORDS, Api, api_source, base
+from tests.finops.test_http_source import MAPPING, RECORDS, Api, api_source, base, serving
 
 pytestmark = pytest.mark.django_db
 
@@ -44,18 +44,9 @@ class MeetingApi(Api):
 
 @pytest.fixture
 def server():
-    from http.server import ThreadingHTTPServer
-
-    api = ThreadingHTTPServer(("127.0.0.1", 0), MeetingApi)
-    api.seen = []
-    api.meeting = threading.Barrier(2, timeout=MEET_SECONDS)
-    thread = threading.Thread(target=api.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(MeetingApi) as api:
+        api.meeting = threading.Barrier(2, timeout=MEET_SECONDS)
         yield api
-    finally:
-        api.shutdown()
-        api.server_close()
 
 
 @pytest.fixture(autouse=True)
