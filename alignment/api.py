@@ -19,8 +19,8 @@ class GoalKPISerializer(serializers.ModelSerializer):
 
 
 class GoalSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    department = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
+    department = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
     kpis = GoalKPISerializer(source="links", many=True, read_only=True)
 
     class Meta:

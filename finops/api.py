@@ -20,7 +20,7 @@ class Pages(PageNumberPagination):
 
 
 class EntitySerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
 
     class Meta:
         model = Entity
@@ -29,7 +29,7 @@ class EntitySerializer(serializers.ModelSerializer):
 
 
 class DepartmentSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
 
     class Meta:
         model = Department
@@ -45,7 +45,7 @@ class ScenarioSerializer(serializers.ModelSerializer):
 
 
 class RefreshRunSerializer(serializers.ModelSerializer):
-    source = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    source = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
     warnings = serializers.IntegerField(source="warning_count", read_only=True, help_text="Warnings stored.")
     errors = serializers.IntegerField(
         source="error_count",

@@ -19,12 +19,12 @@ from kpis.formatting import format_value
 from kpis.models import KPI, KPIValue, Measure
 from kpis.selectors import UnknownName, kpi_value_rows
 
-MONTH = re.compile(r"^(\d{4})-(\d{2})(?:-(\d{2}))?$")
-PAGE_PARAMETERS = {"page", "page_size"}
+MONTH = re.compile(r"^([0-9]{4})-([0-9]{2})(?:-([0-9]{2}))?$")
+PAGE_PARAMETERS = {"page", "page_size", "format"}
 
 
 class KPISerializer(serializers.ModelSerializer):
-    owner_department = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    owner_department = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
 
     class Meta:
         model = KPI
@@ -53,9 +53,9 @@ class KPISerializer(serializers.ModelSerializer):
 
 class MeasureSerializer(serializers.ModelSerializer):
     accounts = serializers.SlugRelatedField(slug_field="code", many=True, read_only=True)
-    series = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    department = serializers.SlugRelatedField(slug_field="code", read_only=True)
-    scenario = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    series = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
+    department = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
+    scenario = serializers.SlugRelatedField(slug_field="code", read_only=True, allow_null=True)
 
     class Meta:
         model = Measure
@@ -197,6 +197,11 @@ class KPIValueList(generics.ListAPIView):
         if unknown:
             known = ", ".join([*KPIValueFilters().fields, *sorted(PAGE_PARAMETERS)])
             raise ValidationError({name: [f"Unknown parameter. Known: {known}."] for name in unknown})
+        repeated = sorted(name for name in params if name != "kpi" and len(params.getlist(name)) > 1)
+        if repeated:
+            raise ValidationError(
+                {name: ["Give this parameter once (only kpi may repeat)."] for name in repeated}
+            )
         filters = KPIValueFilters(data={**params.dict(), "kpi": ",".join(params.getlist("kpi"))})
         filters.is_valid(raise_exception=True)
         given = filters.validated_data

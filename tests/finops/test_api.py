@@ -198,6 +198,12 @@ def test_kpi_values_filter_by_kpi_grain_entity_period_and_status(api, board):
         ({"period_from": "0000-01"}, "period_from", "there is no year 0"),
         ({"kpi": " , "}, "kpi", "Give one or more KPI codes"),
         ({"kpis": "revenue"}, "kpis", "Unknown parameter. Known: kpi, grain,"),
+        (
+            {"period_from": "\u0662\u0660\u0662\u0664-03"},
+            "period_from",
+            "is not a month",
+        ),  # Arabic-Indic digits
+        ({"grain": ["month", "year"]}, "grain", "Give this parameter once"),
     ],
 )
 def test_a_bad_parameter_gets_400_naming_it(api, board, params, field, words):
@@ -385,6 +391,28 @@ def test_the_openapi_schema_describes_every_endpoint(api, board):
     }
     parameters = {p["name"] for p in schema["paths"]["/api/v1/kpi-values/"]["get"]["parameters"]}
     assert parameters >= {"kpi", "grain", "scenario", "entity", "period_from", "period_to", "status", "page"}
+
+
+def test_references_that_may_be_empty_are_nullable_in_the_schema(api, board):
+    components = api.get(reverse("api:schema"), {"format": "json"}).json()["components"]["schemas"]
+    nullable = {
+        (name, field)
+        for name, component in components.items()
+        for field, spec in component.get("properties", {}).items()
+        if spec.get("nullable")
+    }
+    assert nullable >= {
+        ("Entity", "parent"),
+        ("Department", "parent"),
+        ("Goal", "parent"),
+        ("Goal", "department"),
+        ("Measure", "series"),
+        ("Measure", "department"),
+        ("Measure", "scenario"),
+        ("RefreshRun", "source"),
+        ("KPI", "owner_department"),
+    }
+    assert ("KPIValue", "kpi") not in nullable
 
 
 def test_the_root_lists_the_endpoints(api):
