@@ -248,7 +248,9 @@ def _recompute_changes(
     if requested is None:  # every month was re-aggregated: compare them all with storage
         monthly = fresh
         loaded = _loaded_months(monthly)
-        changed = _changed_months(monthly, _stored_months_as_text(), loaded)
+        stored_months = _stored_months_as_text()
+        changed = _changed_months(monthly, stored_months, loaded)
+        reshaped = _reshaped(_Shape.of(stored_months, None, None), _Shape.of(monthly, None, None))
     else:  # the other months are as stored
         asked = set(requested)
         # One read: the months of the requested months' fiscal years (their quarters and years
@@ -261,6 +263,7 @@ def _recompute_changes(
         changed = {key[4] for key, (value, note) in fresh.items() if before.get(key) != (value, note[:300])}
         changed.update(key[4] for key in before.keys() - fresh.keys())
         shape = _StoredShape.read(excluding=requested)
+        reshaped = _reshaped(_Shape.of(before, requested, shape), _Shape.of(fresh, requested, shape))
         others = shape.month_ranges()
         old_ranges = _extend_ranges(others, before)
         new_ranges = _extend_ranges(others, fresh)
@@ -282,7 +285,12 @@ def _recompute_changes(
     written = {key: value for key, value in rows.items() if before.get(key) != value}
     gone = before.keys() - rows.keys()
     moved = bool(gone) or any(key not in before for key in written)
-    reach = _Reach(changed, book, trust.dirty, None if moved else {key[0] for key in written})
+    # A series that gained or lost a measure, or whose history now starts in another month,
+    # explains its empty values otherwise in every period ("revenue is not in the data", "not
+    # enough history for prev"): then every KPI is evaluated for every period (and written
+    # where it differs), as a full recompute would.
+    dirty = trust.dirty | ({kpi.pk for kpi in book.kpis} if reshaped else set())
+    reach = _Reach(changed, book, dirty, None if moved else {key[0] for key in written})
     lap("measures")
 
     kpi_rows: dict[KPIKey, _KPIResult] = {}
@@ -777,7 +785,7 @@ class _Shape:
     months: dict[tuple[int, int], tuple[date, date]]
 
     @classmethod
-    def of(cls, monthly: Values, requested: list[date] | None, stored: _StoredShape) -> _Shape:
+    def of(cls, monthly: Values, requested: list[date] | None, stored: _StoredShape | None) -> _Shape:
         """From ``monthly`` when it has every month (``requested`` is None), else from the
         stored months but the requested ones (``stored`` leaves them out) and their values in
         ``monthly``."""
@@ -797,6 +805,17 @@ class _Shape:
         for measure_id, scenario_id, entity_id, first, last in rows:
             add(measure_id, (scenario_id, entity_id), first, last)
         return cls(dict(codes), months)
+
+
+def _reshaped(old: _Shape, new: _Shape) -> bool:
+    """Whether a series gained or lost a measure, or starts in another month (a series
+    ending later, as after each month's load, reshapes nothing the earlier periods read)."""
+    series = old.codes.keys() | new.codes.keys()
+    return any(
+        old.codes.get(key) != new.codes.get(key)
+        or (old.months.get(key) or (None,))[0] != (new.months.get(key) or (None,))[0]
+        for key in series
+    )
 
 
 @dataclass

@@ -387,3 +387,57 @@ def test_a_new_month_of_other_facts_rewrites_every_kpi_it_reaches(company):
     refreshed(months=[last])
     assert KPIValue.objects.filter(kpi__code="order_count", grain="month", period=last, value=None).exists()
     assert snapshot() == from_scratch()
+
+
+def in_month(rows: list[tuple], month: date) -> list[tuple]:
+    return [row for row in rows if row[0] == f"{month:%Y-%m}"]
+
+
+def eu_cost(row: tuple) -> bool:
+    return row[1] == "EU" and row[2] == "5000"
+
+
+APRIL = MONTHS[3]
+# change -> (the rows loaded first, the month then reloaded, its rows): each moves the first
+# month of the EU series or adds or removes one of its measures.
+SHAPE_CHANGES = {
+    "history starts earlier": (
+        lambda rows: [r for r in rows if r[1] != "EU" or r[0] >= "2023-07"],
+        MONTHS[0],
+        lambda rows: in_month(rows, MONTHS[0]),
+    ),
+    "history starts later": (
+        lambda rows: rows,
+        MONTHS[0],
+        lambda rows: [r for r in in_month(rows, MONTHS[0]) if r[1] != "EU"],
+    ),
+    "gains a measure": (
+        lambda rows: [r for r in rows if not eu_cost(r)],
+        APRIL,
+        lambda rows: in_month(rows, APRIL),
+    ),
+    "loses its only month of a measure": (
+        lambda rows: [r for r in rows if not eu_cost(r) or r[0] == f"{APRIL:%Y-%m}"],
+        APRIL,
+        lambda rows: [r for r in in_month(rows, APRIL) if not eu_cost(r)],
+    ),
+}
+
+
+@pytest.mark.parametrize("told", [True, False])
+@pytest.mark.parametrize("change", list(SHAPE_CHANGES))
+def test_a_series_that_changes_shape_explains_its_empty_values_as_a_full_recompute_does(
+    company, change, told
+):
+    """Empty values say why: "not enough history for prev" before a series' first month, "cost is
+    not in the data" when it has no cost at all. A change in one month that moves the first
+    month of a series, or adds or removes one of its measures, changes those reasons in every
+    period, beyond what the month itself reaches."""
+    first, month, reloaded = SHAPE_CHANGES[change]
+    rows = facts(12)
+    company.book(first(rows))
+    refreshed()
+    settle()
+    company.book(reloaded(rows))
+    refreshed(months=[month] if told else None)
+    assert snapshot() == from_scratch()
