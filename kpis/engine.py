@@ -479,15 +479,12 @@ class _Trust:
         known = {m.code for m in book.measures} | set(book.formulas)
         dirty |= {kpi.pk for kpi in book.kpis if book.formulas[kpi.code].names - known}
         seen: set[int] = set()
-        budget_seen: set[int] = set()
         for row in stored:
             seen.add(row["kpi_id"])
-            if row["budget"]:
-                budget_seen.add(row["scenario_id"])
+            if row["budget"] != (row["scenario_id"] in budgets):
+                return None  # a scenario became (or stopped being) the budget
             if row["typed"] or versions.get(row["kpi_id"], row["formula_version"]) != row["formula_version"]:
                 dirty.add(row["kpi_id"])
-        if seen and budget_seen != budgets:
-            return None  # a scenario became (or stopped being) the budget
         dirty |= set(versions) - seen
         return cls(_with_users(dirty, book), seen - set(versions))
 

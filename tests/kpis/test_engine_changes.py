@@ -441,3 +441,26 @@ def test_a_series_that_changes_shape_explains_its_empty_values_as_a_full_recompu
     company.book(reloaded(rows))
     refreshed(months=[month] if told else None)
     assert snapshot() == from_scratch()
+
+
+def test_a_budget_scenario_without_values_does_not_stop_the_stored_values_being_trusted(company):
+    """A company that has a budget scenario but has loaded no budget yet: the next refresh of
+    unchanged facts still finds nothing to recompute (no formula is evaluated)."""
+    company.book([row for row in facts(13) if len(row) == 4])  # actuals only
+    refreshed()
+    settle()
+    again = refreshed(months=[])
+    assert "formulas" not in again.seconds and again.kpi_updated == 0
+    assert snapshot() == from_scratch()
+
+
+def test_a_scenario_made_the_budget_is_recomputed_in_full(company):
+    company.book(facts(14))
+    refreshed()
+    settle()
+    company.actual.kind, company.budget.kind = company.budget.kind, company.actual.kind  # swapped
+    company.actual.save()
+    company.budget.save()
+    again = refreshed(months=[])
+    assert "formulas" in again.seconds
+    assert snapshot() == from_scratch()
