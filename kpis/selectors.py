@@ -44,17 +44,7 @@ def kpi_values(
 ) -> QuerySet:
     """Stored values of one KPI at one grain, for a scenario (default: actual) and an entity
     (default: the root of the organization tree), oldest period first."""
-    kpi = KPI.objects.filter(code=code).first()
-    if kpi is None:
-        known = ", ".join(KPI.objects.order_by("code").values_list("code", flat=True)[:50])
-        raise UnknownName(f"No KPI {code!r}. Known: {known or 'none yet'}.", what="kpi")
-    scenario_obj = _scenario(scenario)
-    entity_obj = _entity(entity)
-    return (
-        KPIValue.objects.filter(kpi=kpi, grain=grain, scenario=scenario_obj, entity=entity_obj)
-        .select_related("kpi", "scenario", "entity")
-        .order_by("period")
-    )
+    return kpi_value_rows(codes=[code], grain=grain, scenario=scenario, entity=entity)
 
 
 def kpi_value_rows(

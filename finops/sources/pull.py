@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -51,12 +51,9 @@ class Pulled:
     seconds: float = 0.0
     live: str = ""  # why the spool could not hold the records: the source loads live
 
-    def open(self, source: DataSource, config: Any) -> AbstractContextManager[Stream]:
-        """An opener (see ``finops.sources.remote.Opener``) that replays the spooled records."""
-        return self._replay()
-
     @contextmanager
-    def _replay(self) -> Iterator[Stream]:
+    def open(self, source: DataSource, config: Any) -> Iterator[Stream]:
+        """An opener (see ``finops.sources.remote.Opener``) that replays the spooled records."""
         if self.stream is None:  # the pull failed before the first record
             raise self.error if self.error is not None else RuntimeError("the pull did not run")
         yield Stream(
@@ -90,11 +87,6 @@ class Stopped(Exception):
     """The refresh that started a pull has ended: the pull stops at its next batch."""
 
 
-class _Unspoolable(Exception):
-    """A record the spool can't hold (a driver's own type, such as a memoryview of a binary
-    column): the source loads live instead, exactly as without pulls."""
-
-
 def pull_records(
     source: DataSource,
     parse: Callable[[DataSource], Any],
@@ -107,39 +99,38 @@ def pull_records(
     started = time.monotonic()
     batch: list[tuple[int, Any]] = []
 
-    def spill() -> None:
+    def spill() -> bool:
+        """Write the batch to the spool; False when pickle refuses a record (a driver's own
+        type, such as a memoryview of a binary column): the source then loads live."""
         nonlocal batch
         if batch and pulled.spool is not None:
             try:
                 pickle.dump(batch, pulled.spool, protocol=pickle.HIGHEST_PROTOCOL)
             except (TypeError, AttributeError, pickle.PicklingError) as error:
-                raise _Unspoolable(f"{type(error).__name__}: {error}") from error
-            pulled.records += len(batch)
+                pulled.live = f"{type(error).__name__}: {error}"
+                pulled.close()
+            else:
+                pulled.records += len(batch)
         batch = []
+        return not pulled.live
 
     try:
-        try:
-            pulled.config = parse(source)
-            with opener(source, pulled.config) as stream:
-                pulled.stream = Stream(
-                    stream.name, stream.origin, stream.header, (), stream.where, stream.empty
-                )
-                pulled.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - the load closes it
-                for number, record in stream.records:
-                    batch.append((number, record if isinstance(record, dict) else tuple(record)))
-                    if len(batch) >= SPOOL_BATCH:
-                        spill()
-                        if stop is not None and stop.is_set():
-                            raise Stopped("the refresh ended before this source's pull")
+        pulled.config = parse(source)
+        with opener(source, pulled.config) as stream:
+            pulled.stream = Stream(stream.name, stream.origin, stream.header, (), stream.where, stream.empty)
+            pulled.spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - the load closes it
+            for number, record in stream.records:
+                batch.append((number, record if isinstance(record, dict) else tuple(record)))
+                if len(batch) >= SPOOL_BATCH:
+                    if not spill():
+                        break
+                    if stop is not None and stop.is_set():
+                        raise Stopped("the refresh ended before this source's pull")
+            else:
                 spill()
-        except _Unspoolable:
-            raise
-        except Exception as error:  # noqa: BLE001 - raised again by the source's load
-            spill()  # the records read before the error are replayed before it
-            pulled.error = error
-    except _Unspoolable as error:
-        pulled.live = str(error)
-        pulled.close()
+    except Exception as error:  # noqa: BLE001 - raised again by the source's load
+        spill()  # the records read before the error are replayed before it
+        pulled.error = error
     pulled.seconds = time.monotonic() - started
     return pulled
 

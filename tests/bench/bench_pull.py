@@ -30,9 +30,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_engine import bench_url, drop_database, recreate_database, setup_django
+
 BENCH_DB = "finops_bench_pull"
 RECORDS_PER_PAGE = 500
 REPEATS = 2
@@ -69,42 +70,12 @@ class Ledger(BaseHTTPRequestHandler):
 
 
 def database_url(folder: Path) -> str:
+    """``finops_bench_pull`` (recreated) on DATABASE_URL's PostgreSQL, else a SQLite file."""
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
         return f"sqlite:///{folder / 'bench.sqlite3'}"
-    import psycopg2
-
-    admin = psycopg2.connect(urlunsplit(urlsplit(url)._replace(path="/postgres")))
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    admin.close()
-    return urlunsplit(urlsplit(url)._replace(path=f"/{BENCH_DB}"))
-
-
-def drop_database(url: str) -> None:
-    if not url.startswith("postgres"):
-        return
-    import psycopg2
-
-    admin = psycopg2.connect(urlunsplit(urlsplit(url)._replace(path="/postgres")))
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-    admin.close()
-
-
-def setup_django(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    os.environ["FINOPS_ENV"] = "test"
-    os.environ["DEBUG"] = "false"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "finops.settings")
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    recreate_database(url, BENCH_DB)
+    return bench_url(url, BENCH_DB)
 
 
 def define_sources(port: int, count: int) -> None:
@@ -210,7 +181,8 @@ def main() -> int:
 
     connection.close()
     server.shutdown()
-    drop_database(url)
+    if url.startswith("postgres"):
+        drop_database(url, BENCH_DB)
     return 0 if same else 1
 
 
