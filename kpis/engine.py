@@ -36,19 +36,19 @@ small acyclic objects it makes would otherwise set off collections of the whole 
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import gc
-import io
+import itertools
 import json
 import logging
 import math
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,7 @@ from finops.loading import lock_for_reading
 from finops.models import CurrencyRate, Entity, RefreshRun, Scenario
 from finops.periods import add_months, grain_months, grain_start, month_range
 from kpis.aggregate import financial_totals, operational_totals
+from kpis.formatting import Separators, separators
 from kpis.formula import EvalContext, Formula, evaluate_in_order, evaluation_order, lookback, parse
 from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, Target
 from kpis.status import Thresholds, status_for, variance
@@ -210,13 +211,18 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
     values = _derive_grains(monthly, book.behaviour_of, book.fiscal_start)
     lap("measures")
 
-    kpi_values = _evaluate_kpis(values, book)
-    lap("formulas")
-    _attach_targets(kpi_values, book.kpis, book.fiscal_start)
-    lap("targets")
-
     with transaction.atomic():
-        result.measure_values = _store_measures(values, run)
+        # The measure values are written while the formulas are evaluated (on PostgreSQL).
+        stored_measures = _Meanwhile(lambda cursor: _store_measures(values, run, cursor=cursor))
+        try:
+            kpi_values = _evaluate_kpis(values, book)
+        except BaseException:
+            stored_measures.wait()  # the connection is this thread's again before the rollback
+            raise
+        result.measure_values = stored_measures.result()
+        lap("formulas")
+        _attach_targets(kpi_values, book.kpis, book.fiscal_start)
+        lap("targets")
         inserted, updated, deleted = _store_kpis(kpi_values, book, run)
     result.kpi_values = len(kpi_values)
     result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
@@ -1208,7 +1214,8 @@ def _attach_targets(results: dict[KPIKey, _KPIResult], kpis: list[KPI], fiscal_s
     budget_id = min(budget_ids, key=lambda pk: (scenarios[pk].code != "budget", pk)) if budget_ids else None
     by_pk = {kpi.pk: kpi for kpi in kpis}
     typed = _typed_targets(kpis, fiscal_start)
-    thresholds = {kpi.pk: _thresholds(kpi) for kpi in kpis}
+    shown = separators()  # the reasons' numbers: looked up once, not for each of thousands
+    thresholds = {kpi.pk: _thresholds(kpi, shown) for kpi in kpis}
     for key, result in results.items():
         kpi_id, scenario_id, entity_id, grain, period = key
         kpi = by_pk[kpi_id]
@@ -1222,7 +1229,7 @@ def _attach_targets(results: dict[KPIKey, _KPIResult], kpis: list[KPI], fiscal_s
             result.status_reason += " Partial period: not all months are loaded yet."
 
 
-def _thresholds(kpi: KPI) -> Thresholds:
+def _thresholds(kpi: KPI, shown: Separators) -> Thresholds:
     return Thresholds(
         direction=kpi.direction,
         green_tolerance_pct=float(kpi.green_tolerance_pct),
@@ -1231,6 +1238,7 @@ def _thresholds(kpi: KPI) -> Thresholds:
         band_high=float(kpi.band_high) if kpi.band_high is not None else None,
         unit=kpi.unit,
         decimals=kpi.decimals,
+        separators=shown,
     )
 
 
@@ -1310,9 +1318,9 @@ KPI_FIELDS = (
 )
 
 
-def _store_measures(values: Values, run: RefreshRun | None, scope: _Scope | None = None) -> int:
+def _store_measures(values: Values, run: RefreshRun | None, scope: _Scope | None = None, cursor=None) -> int:
     rows = {key: (value, note[:300]) for key, (value, note) in values.items()}
-    _sync(MeasureValue, MEASURE_KEY, MEASURE_FIELDS, rows, run, scope)
+    _sync(MeasureValue, MEASURE_KEY, MEASURE_FIELDS, rows, run, scope, cursor)
     return len(rows)
 
 
@@ -1323,12 +1331,12 @@ def _store_kpis(
     rows = {}
     for key, result in results.items():
         diff, diff_pct = variance(result.value, result.target)
-        rows[key] = (
-            _decimal(result.value),
+        rows[key] = (  # numbers as floats: each store rounds them to the columns' places
+            _finite(result.value),
             result.reason[:300],
-            _decimal(result.target),
+            _finite(result.target),
             result.target_origin,
-            _decimal(diff),
+            _finite(diff),
             diff_pct,
             result.status,
             result.status_reason[:300],
@@ -1337,6 +1345,45 @@ def _store_kpis(
             result.partial,
         )
     return _sync(KPIValue, KPI_KEY, KPI_FIELDS, rows, run, scope)
+
+
+class _Meanwhile:
+    """``write(cursor)`` run on a second thread, in this thread's transaction, while this one
+    goes on without the database until ``result()``: the server stores one set of values while
+    Python computes the next (two cores instead of one after the other). On PostgreSQL only,
+    where a psycopg2 connection may be shared by threads (one at a time here); elsewhere
+    ``write(None)`` runs at once, with this thread's connection."""
+
+    def __init__(self, write: Callable[[object], int]) -> None:
+        self._outcome: dict[str, object] = {}
+        self._thread: threading.Thread | None = None
+        if connection.vendor != "postgresql":
+            self._outcome["value"] = write(None)
+            return
+        connection.ensure_connection()
+        shared = connection.connection
+
+        def run() -> None:
+            try:
+                with shared.cursor() as cursor:
+                    self._outcome["value"] = write(cursor)
+            except BaseException as error:  # noqa: BLE001 - raised again by result()
+                self._outcome["error"] = error
+
+        self._thread = threading.Thread(target=run, name="recompute-store", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> int:
+        """What ``write`` returned, once it has finished; what it raised is raised here."""
+        self.wait()
+        if "error" in self._outcome:
+            with connection.wrap_database_errors:  # psycopg2's errors as Django's
+                raise self._outcome["error"]
+        return self._outcome["value"]
 
 
 @dataclass
@@ -1366,14 +1413,16 @@ def _sync(
     rows: dict[tuple, tuple],
     run: RefreshRun | None,
     scope: _Scope | None = None,
+    cursor=None,
 ) -> tuple[int, int, int]:
     """Make ``model``'s table hold exactly ``rows`` (natural key -> values in ``fields`` order):
     insert new keys, update changed ones, delete the rest (within ``scope``, when given).
-    Unchanged rows are not written (they keep their refresh run)."""
+    Unchanged rows are not written (they keep their refresh run). ``cursor``: a PostgreSQL
+    cursor to write with (default: one of this thread's connection)."""
     if scope is not None and not scope and not rows:
         return 0, 0, 0
     if connection.vendor == "postgresql":
-        return _sync_postgresql(model, key_fields, fields, rows, run, scope)
+        return _sync_postgresql(model, key_fields, fields, rows, run, scope, cursor)
     return _sync_orm(model, key_fields, fields, rows, run, scope)
 
 
@@ -1398,8 +1447,11 @@ def _sync_orm(
     }
     if scope is not None and scope.fields == key_fields:
         stored = {key: old for key, old in stored.items() if key in scope.keys or key[0] in scope.whole}
+    kinds = [model._meta.get_field(name) for name in fields]
+    as_decimal = {i for i, kind in enumerate(kinds) if isinstance(kind, models.DecimalField)}
     to_insert, to_update = [], []
-    for key, values in rows.items():
+    for key, given in rows.items():
+        values = tuple(_decimal(v) if i in as_decimal else v for i, v in enumerate(given))
         old = stored.pop(key, None)
         named = dict(zip(fields, values, strict=True))
         if old is None:
@@ -1421,6 +1473,7 @@ def _sync_postgresql(
     rows: dict[tuple, tuple],
     run: RefreshRun | None,
     scope: _Scope | None,
+    cursor=None,
 ) -> tuple[int, int, int]:
     """The same with set-based SQL: COPY the rows into a temporary table and let PostgreSQL
     compare. (A bulk_update's CASE over thousands of ids is slow to plan and to JIT-compile.)
@@ -1431,61 +1484,62 @@ def _sync_postgresql(
     table = model._meta.db_table
     stage = f"{table}_stage"
     columns = ", ".join([*key_fields, *fields])
-    kinds = [model._meta.get_field(name) for name in fields]
-    text_fields = [f.column for f in kinds if isinstance(f, models.CharField | models.TextField)]
+    kinds = [model._meta.get_field(name) for name in (*key_fields, *fields)]
+    text_fields = [
+        f.column for f in kinds[len(key_fields) :] if isinstance(f, models.CharField | models.TextField)
+    ]
     force = f", FORCE_NOT_NULL ({', '.join(text_fields)})" if text_fields else ""
     run_id = run.pk if run is not None else None
     whole_keys = scope is not None and scope.fields == key_fields
     gone = scope.keys - rows.keys() if whole_keys else set()
     anti_join = scope is None or bool(scope.whole) or (bool(scope.keys) and scope.shrinks and not whole_keys)
+    if cursor is None:
+        with connection.cursor() as cursor:
+            return _sync_postgresql(model, key_fields, fields, rows, run, scope, cursor)
+    copy = getattr(cursor, "cursor", cursor).copy_expert  # Django's cursor wraps psycopg2's
     deleted = 0
-    with connection.cursor() as cursor:
-        if scope is None and rows:
-            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")  # noqa: S608
-            if not cursor.fetchone()[0]:
-                buffer = _csv_rows(rows, kinds, tail=(run_id,))
-                cursor.cursor.copy_expert(
-                    f"COPY {table} ({columns}, refresh_run_id) FROM STDIN WITH (FORMAT csv{force})", buffer
-                )
-                return len(rows), 0, 0
-        if rows or anti_join:
-            cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
-            cursor.execute(
-                f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA"  # noqa: S608
-            )
-            if rows:
-                buffer = _csv_rows(rows, kinds)
-                cursor.cursor.copy_expert(
-                    f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv{force})", buffer
-                )
-        if anti_join:
-            deleted += _delete_missing(cursor, model, table, stage, key_fields, scope, whole_keys)
-        if gone:
-            types = [model._meta.get_field(name).db_type(connection) for name in key_fields]
-            arrays = ", ".join(f"%s::{kind}[]" for kind in types)
-            matches = " AND ".join(f"t.{name} = sc.{name}" for name in key_fields)
-            cursor.execute(
-                f"DELETE FROM {table} t USING unnest({arrays}) AS sc ({', '.join(key_fields)}) "  # noqa: S608
-                f"WHERE {matches}",
-                [list(column) for column in zip(*gone, strict=True)],
-            )
-            deleted += cursor.rowcount
-        inserted = updated = 0
+    if scope is None and rows:
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")  # noqa: S608
+        if not cursor.fetchone()[0]:
+            buffer = _CsvRows(rows, kinds, tail=(run_id,))
+            copy(f"COPY {table} ({columns}, refresh_run_id) FROM STDIN WITH (FORMAT csv{force})", buffer)
+            return len(rows), 0, 0
+    if rows or anti_join:
+        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA"  # noqa: S608
+        )
         if rows:
-            # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
-            changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
-            assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
-            cursor.execute(
-                f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
-                f"SELECT {columns}, %s FROM {stage} "
-                f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
-                f"WHERE {changed} RETURNING xmax = 0",
-                [run_id, run_id],
-            )
-            written = [new for (new,) in cursor.fetchall()]
-            inserted, updated = sum(written), len(written) - sum(written)
-        if rows or anti_join:
-            cursor.execute(f"DROP TABLE {stage}")
+            buffer = _CsvRows(rows, kinds)
+            copy(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv{force})", buffer)
+    if anti_join:
+        deleted += _delete_missing(cursor, model, table, stage, key_fields, scope, whole_keys)
+    if gone:
+        types = [model._meta.get_field(name).db_type(connection) for name in key_fields]
+        arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+        matches = " AND ".join(f"t.{name} = sc.{name}" for name in key_fields)
+        cursor.execute(
+            f"DELETE FROM {table} t USING unnest({arrays}) AS sc ({', '.join(key_fields)}) "  # noqa: S608
+            f"WHERE {matches}",
+            [list(column) for column in zip(*gone, strict=True)],
+        )
+        deleted += cursor.rowcount
+    inserted = updated = 0
+    if rows:
+        # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
+        changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
+        assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
+        cursor.execute(
+            f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
+            f"SELECT {columns}, %s FROM {stage} "
+            f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
+            f"WHERE {changed} RETURNING xmax = 0",
+            [run_id, run_id],
+        )
+        written = [new for (new,) in cursor.fetchall()]
+        inserted, updated = sum(written), len(written) - sum(written)
+    if rows or anti_join:
+        cursor.execute(f"DROP TABLE {stage}")
     return inserted, updated, deleted
 
 
@@ -1531,21 +1585,44 @@ def _delete_missing(
     return deleted
 
 
-def _csv_rows(rows: dict[tuple, tuple], kinds: list[models.Field], *, tail: tuple = ()) -> io.StringIO:
-    """The rows (key, then values, then ``tail``: more columns, the same in every row) as CSV
-    for COPY."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")  # str() of each value is what COPY reads back
-    as_json = [i for i, f in enumerate(kinds) if isinstance(f, models.JSONField)]
-    if as_json:
-        writer.writerows(
-            (*key, *(_json(v) if i in as_json else v for i, v in enumerate(values)), *tail)
-            for key, values in rows.items()
-        )
-    else:
-        writer.writerows((*key, *values, *tail) for key, values in rows.items())
-    buffer.seek(0)
-    return buffer
+class _CsvRows:
+    """The rows (natural key -> values) as a CSV file for COPY, each line the key's columns,
+    the values' and then ``tail`` (more columns, the same on every line), written as it is
+    read, ``CHUNK_ROWS`` rows at a time: the server parses each chunk while the next one is
+    written (on two cores, the two overlap). Each chunk is written a column at a time, which
+    in Python is several times faster than a value at a time (``csv.writer``)."""
+
+    CHUNK_ROWS = 2000
+
+    def __init__(self, rows: dict[tuple, tuple], kinds: list[models.Field], *, tail: tuple = ()) -> None:
+        self._items = iter(rows.items())
+        self._kinds = kinds  # the key's columns, then the values'
+        self._end = "".join(f",{_csv_column((value,), None)[0]}" for value in tail) + "\n"
+
+    def read(self, size: int = -1) -> str:
+        chunk = list(itertools.islice(self._items, self.CHUNK_ROWS))
+        if not chunk:
+            return ""  # the end of the file
+        keys, values = zip(*chunk, strict=True)
+        columns = [*zip(*keys, strict=True), *zip(*values, strict=True)]
+        texts = [_csv_column(column, kind) for column, kind in zip(columns, self._kinds, strict=True)]
+        return self._end.join(map(",".join, zip(*texts, strict=True))) + self._end
+
+
+def _csv_column(column: tuple, kind: models.Field | None) -> list[str]:
+    """One column's values as COPY reads them in CSV: an empty field is NULL (or, in a column
+    read with FORCE_NOT_NULL, an empty string), text is quoted, numbers are their str()."""
+    if isinstance(kind, models.CharField | models.TextField):
+        quoted = {text: '"' + text.replace('"', '""') + '"' for text in set(column) if text is not None}
+        return [quoted.get(text, "") for text in column]  # values repeat: each is quoted once
+    if isinstance(kind, models.DateField):
+        shown = {day: day.isoformat() for day in set(column) if day is not None}
+        return [shown.get(day, "") for day in column]
+    if isinstance(kind, models.JSONField):
+        return ['"' + _json(value).replace('"', '""') + '"' for value in column]
+    if isinstance(kind, models.BooleanField):
+        return ["" if value is None else "t" if value else "f" for value in column]
+    return ["" if value is None else str(value) for value in column]  # numbers: str() is exact
 
 
 def _json(value) -> str:
@@ -1577,10 +1654,17 @@ def _changed_sql(model: type[models.Model], name: str, *, new: str) -> str:
     return f"{old} IS DISTINCT FROM {new}"
 
 
-def _decimal(value: float | None) -> Decimal | None:
-    if value is None or math.isnan(value) or math.isinf(value):
-        return None
-    return Decimal(repr(value)).quantize(VALUE_PLACES)
+def _finite(value: float | None) -> float | None:
+    """A float a value column can hold: NaN and infinities are empty."""
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _decimal(value: float | Decimal | None) -> Decimal | None:
+    """A value as a decimal column holds it: rounded to its places, halves away from zero (as
+    PostgreSQL rounds the text of a float that COPY gives it)."""
+    if value is None or isinstance(value, Decimal):
+        return value
+    return Decimal(repr(value)).quantize(VALUE_PLACES, rounding=ROUND_HALF_UP)
 
 
 def _differs(old, new) -> bool:

@@ -21,24 +21,41 @@ UNIT_SUFFIX = {"days": " days", "count": "", "ratio": "", "currency": ""}
 MONEY_SCALES = ((1e4, 1e3, "k", 1), (1e6, 1e6, "M", 2), (1e9, 1e9, "B", 2))
 
 
-def format_value(value: float | Decimal | None, unit: str, decimals: int = 1, currency: str = "") -> str:
+# (decimal, thousands, grouping) of a language: what ``separators()`` returns.
+Separators = tuple[str, str, object]
+
+
+def format_value(
+    value: float | Decimal | None,
+    unit: str,
+    decimals: int = 1,
+    currency: str = "",
+    separators: Separators | None = None,
+) -> str:
+    """``separators``: the locale's, looked up once by a caller that formats many values
+    (default: the active language's, looked up for each value)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     number = float(value)
     if unit == "percent":
-        return f"{grouped(number * 100, decimals)}%"
+        return f"{grouped(number * 100, decimals, separators)}%"
     if unit == "currency":
-        text = _compact_money(number, decimals)
+        text = _compact_money(number, decimals, separators)
         return f"{currency} {text}".strip() if currency else text
     if unit == "ratio":
-        return grouped(number, max(decimals, 2))
-    return f"{grouped(number, decimals)}{UNIT_SUFFIX.get(unit, '')}"
+        return grouped(number, max(decimals, 2), separators)
+    return f"{grouped(number, decimals, separators)}{UNIT_SUFFIX.get(unit, '')}"
 
 
-def grouped(number: float, places: int) -> str:
+def separators() -> Separators:
+    """The active locale's separators (the site's LANGUAGE_CODE when no language is active)."""
+    return _separators(get_language() or settings.LANGUAGE_CODE)
+
+
+def grouped(number: float, places: int, separators: Separators | None = None) -> str:
     """``number`` with ``places`` decimals and the active locale's separators (1,234.5 in
     English, 1.234,5 in German); the site's LANGUAGE_CODE when no language is active."""
-    decimal, thousands, grouping = _separators(get_language() or settings.LANGUAGE_CODE)
+    decimal, thousands, grouping = separators or _separators(get_language() or settings.LANGUAGE_CODE)
     if grouping != 3:  # a locale that groups otherwise (or not at all): Django formats it
         text = f"{number:.{places}f}"
         shown = number_format(Decimal(text), places, use_l10n=True, force_grouping=True)
@@ -59,7 +76,7 @@ def _separators(language: str) -> tuple[str, str, object]:
         )
 
 
-def _compact_money(number: float, decimals: int) -> str:
+def _compact_money(number: float, decimals: int, separators: Separators | None = None) -> str:
     """Money at a glance: 7.89B / 4.56M / 12.3k; below ten thousand in full with the KPI's
     decimals (a cost per unit of 79.94)."""
     size = abs(number)
@@ -69,13 +86,13 @@ def _compact_money(number: float, decimals: int) -> str:
         if size >= threshold or (chosen and round(size / chosen[1], chosen[3]) >= 1000):
             chosen = (threshold, divisor, suffix, places)
     if chosen is None:
-        return grouped(number, decimals)
+        return grouped(number, decimals, separators)
     _, divisor, suffix, places = chosen
-    return f"{grouped(number / divisor, places)}{suffix}"
+    return f"{grouped(number / divisor, places, separators)}{suffix}"
 
 
-def format_gap(value: float, unit: str, decimals: int = 1) -> str:
+def format_gap(value: float, unit: str, decimals: int = 1, separators: Separators | None = None) -> str:
     """A difference between two values: percentage points for percent KPIs."""
     if unit == "percent":
         return f"{value * 100:,.{decimals}f} pts"
-    return format_value(value, unit, decimals)
+    return format_value(value, unit, decimals, separators=separators)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kpis.formatting import format_gap, format_value
+from kpis.formatting import Separators, format_gap, format_value
 
 GREEN, AMBER, RED, NONE = "green", "amber", "red", "none"
 
@@ -27,6 +27,7 @@ class Thresholds:
     band_high: float | None = None
     unit: str = "ratio"
     decimals: int = 1
+    separators: Separators | None = None  # how reasons write numbers (default: the active locale)
 
 
 def status_for(value: float | None, target: float | None, thresholds: Thresholds) -> tuple[str, str]:
@@ -40,8 +41,8 @@ def status_for(value: float | None, target: float | None, thresholds: Thresholds
         return NONE, "No target set for this period."
     shortfall = (target - value) if t.direction == "higher" else (value - target)
     shown_value, shown_target = (
-        format_value(value, t.unit, t.decimals),
-        format_value(target, t.unit, t.decimals),
+        format_value(value, t.unit, t.decimals, separators=t.separators),
+        format_value(target, t.unit, t.decimals, separators=t.separators),
     )
     if shortfall <= 0:
         better = "above" if t.direction == "higher" else "below"
@@ -49,7 +50,7 @@ def status_for(value: float | None, target: float | None, thresholds: Thresholds
             return GREEN, f"{shown_value} is on target."
         return GREEN, f"{shown_value} is {better} the target of {shown_target}."
     worse = "below" if t.direction == "higher" else "above"
-    gap = format_gap(shortfall, t.unit, t.decimals)
+    gap = format_gap(shortfall, t.unit, t.decimals, t.separators)
     if target == 0:
         return RED, f"{shown_value} is {gap} {worse} the target of {shown_target}."
     pct = _pct(shortfall, target)
@@ -64,8 +65,9 @@ def status_for(value: float | None, target: float | None, thresholds: Thresholds
 def _band_status(value: float, t: Thresholds) -> tuple[str, str]:
     if t.band_low is None or t.band_high is None:
         return NONE, "No band set for this KPI."
-    shown = format_value(value, t.unit, t.decimals)
-    low, high = format_value(t.band_low, t.unit, t.decimals), format_value(t.band_high, t.unit, t.decimals)
+    shown = format_value(value, t.unit, t.decimals, separators=t.separators)
+    low = format_value(t.band_low, t.unit, t.decimals, separators=t.separators)
+    high = format_value(t.band_high, t.unit, t.decimals, separators=t.separators)
     if t.band_low <= value <= t.band_high:
         return GREEN, f"{shown} is within the band {low} to {high}."
     bound = t.band_low if value < t.band_low else t.band_high

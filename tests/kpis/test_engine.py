@@ -310,6 +310,156 @@ def test_stored_numbers_compare_by_their_postgresql_text():
     assert _numeric_text(Decimal("-1234567.000001")) == "-1234567.000001"
 
 
+def test_values_are_rounded_to_six_places_halves_away_from_zero_on_every_database(book):
+    """A KPI's float is stored rounded to six places, a half away from zero: as PostgreSQL
+    rounds the text COPY gives it, and as the ORM path (SQLite) rounds it before writing."""
+    from kpis.engine import _decimal
+
+    book.account("4000")
+    book.book([("2024-01", "US", "4000", "1")])
+    define(
+        [{"code": "sales", "name": "Sales", "kind": "account", "account": "4000", "time_behaviour": "flow"}],
+        [
+            {"code": "up", "name": "Up", "unit": "ratio", "formula": "sales / 400000"},  # 2.5e-06
+            {"code": "down", "name": "Down", "unit": "ratio", "formula": "-sales / 400000"},
+            {"code": "odd", "name": "Odd", "unit": "ratio", "formula": "sales * 3 / 2000000"},  # 1.5e-06
+        ],
+    )
+    recompute()
+    assert value("up", JAN).value == Decimal("0.000003")  # half-even would give 0.000002
+    assert value("down", JAN).value == Decimal("-0.000003")
+    assert value("odd", JAN).value == Decimal("0.000002")
+    assert _decimal(2.5e-06) == Decimal("0.000003")
+    assert _decimal(Decimal("1.5")) == Decimal("1.5")  # decimals are already rounded
+    recompute()  # the second run finds the stored values equal to the computed ones
+    assert value("up", JAN).value == Decimal("0.000003")
+
+
+def test_kpi_values_are_copied_in_chunks_of_columns_as_postgresql_reads_csv():
+    """The COPY file: every column as COPY reads it back (text quoted, NULL empty, booleans
+    t/f, dates ISO, inputs as JSON), chunk after chunk until an empty read ends it."""
+    import csv
+    import io
+
+    from kpis.engine import KPI_FIELDS, KPI_KEY, _CsvRows
+
+    kinds = [KPIValue._meta.get_field(name) for name in (*KPI_KEY, *KPI_FIELDS)]
+    rows = {
+        (1, 2, 3, "month", date(2024, 1, 1)): (
+            1234.5,
+            "",
+            None,
+            "",
+            None,
+            None,
+            "none",
+            'No "target", set.',
+            2,
+            {"revenue": 1234.5, "cost": None},
+            False,
+        ),
+        (1, 2, 3, "quarter", date(2024, 1, 1)): (
+            None,
+            "revenue has no value\nat all",
+            1e-07,
+            "budget",
+            -0.25,
+            -0.5,
+            "red",
+            "",
+            2,
+            {},
+            True,
+        ),
+    }
+    source = _CsvRows(rows, kinds, tail=(None,))
+    source.CHUNK_ROWS = 1
+    chunks = []
+    while chunk := source.read(8192):
+        chunks.append(chunk)
+    assert len(chunks) == 2
+    read = list(csv.reader(io.StringIO("".join(chunks))))
+    key = ["1", "2", "3"]
+    assert read[0] == [
+        *key,
+        "month",
+        "2024-01-01",
+        "1234.5",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "none",
+        'No "target", set.',
+    ] + ["2", '{"revenue": 1234.5, "cost": null}', "f", ""]
+    assert read[1] == [
+        *key,
+        "quarter",
+        "2024-01-01",
+        "",
+        "revenue has no value\nat all",
+        "1e-07",
+        "budget",
+    ] + ["-0.25", "-0.5", "red", "", "2", "{}", "t", ""]
+    assert len(read) == 2
+
+
+@pytest.mark.postgres
+def test_a_failed_write_of_the_measure_values_fails_the_recompute_and_keeps_the_stored_values(
+    sales, monkeypatch
+):
+    """On PostgreSQL the measure values are written on a second thread while the formulas run;
+    what goes wrong there fails the recompute, as a Django database error, and rolls it back."""
+    from django.db import DataError, connection
+
+    from kpis import engine
+
+    recompute()
+    stored = sorted(KPIValue.objects.values_list("id", "value"))
+    MeasureValue.objects.update(value=None)  # so a recompute would write every measure value
+
+    def failing(values, run, scope=None, cursor=None):
+        cursor.execute("SELECT 1 / 0")
+
+    monkeypatch.setattr(engine, "_store_measures", failing)
+    monkeypatch.setattr(engine._Trust, "find", classmethod(lambda cls, book, run: None))  # a full run
+    with pytest.raises(DataError, match="division by zero"):
+        recompute()
+    assert sorted(KPIValue.objects.values_list("id", "value")) == stored
+    assert not MeasureValue.objects.exclude(value=None).exists()
+    with connection.cursor() as cursor:  # the connection is usable again
+        cursor.execute("SELECT 1")
+
+
+@pytest.mark.postgres
+def test_an_error_in_the_formulas_waits_for_the_measure_values_being_written(sales, monkeypatch):
+    """The connection is shared with the thread writing measure values: an error in this thread
+    waits for that write to end before the transaction is rolled back."""
+    import threading
+
+    from kpis import engine
+
+    written = threading.Event()
+    original = engine._store_measures
+
+    def slow(values, run, scope=None, cursor=None):
+        cursor.execute("SELECT pg_sleep(0.3)")
+        count = original(values, run, scope, cursor)
+        written.set()
+        return count
+
+    def broken(values, book, *args, **kwargs):
+        raise RuntimeError("formula trouble")
+
+    monkeypatch.setattr(engine, "_store_measures", slow)
+    monkeypatch.setattr(engine, "_evaluate_kpis", broken)
+    with pytest.raises(RuntimeError, match="formula trouble"):
+        recompute()
+    assert written.is_set()
+    assert not MeasureValue.objects.exists() and not KPIValue.objects.exists()
+
+
 def test_a_measure_of_one_department_sums_its_subtree_only(book):
     """Costs of the finance department (and the team under it) against every department's."""
     from finops.loading import load_financial_facts
