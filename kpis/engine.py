@@ -14,6 +14,10 @@
 5. Attach targets (typed or imported, else the KPI's rule: budget, or last year plus N %),
    variance and status, and store everything in one transaction, writing only the values
    that changed. Readers see the previous complete values until the transaction commits.
+   On PostgreSQL the rows are streamed with COPY, written a chunk at a time as the server
+   reads them, and a full recompute writes the measure values on a second thread (same
+   connection, same transaction) while this one evaluates the formulas (``_Meanwhile``):
+   the server parses one set of rows while Python computes the next.
 
 After a load that changed some months only, ``recompute(months=...)`` re-aggregates just
 those months from the facts and reads the other months' measure values from storage.
@@ -45,7 +49,7 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -221,9 +225,9 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
             raise
         result.measure_values = stored_measures.result()
         lap("formulas")
-        _attach_targets(kpi_values, book.kpis, book.fiscal_start)
-        lap("targets")
-        inserted, updated, deleted = _store_kpis(kpi_values, book, run)
+        targets = _Targets(kpi_values, book.kpis, book.fiscal_start)
+        lap("targets")  # reading them; each value gets its own as it is stored
+        inserted, updated, deleted = _store_kpis(kpi_values, book, run, targets=targets)
     result.kpi_values = len(kpi_values)
     result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
     lap("store")
@@ -300,6 +304,7 @@ def _recompute_changes(
     lap("measures")
 
     kpi_rows: dict[KPIKey, _KPIResult] = {}
+    targets = None
     if reach.kpis:  # the stored values the results read, but those just recomputed (or gone)
         window = reach.window()
         stored = _stored_needed(reach.needs(book))
@@ -309,14 +314,15 @@ def _recompute_changes(
         outlines = _outlines(_Shape.of(monthly, requested, shape), window, reach, measure_rows, book, shape)
         kpi_values = _evaluate_kpis(values, book, wanted=reach.evaluated, outlines=outlines)
         lap("formulas")
-        _attach_targets(kpi_values, book.kpis, book.fiscal_start)
+        targets = _Targets(kpi_values, book.kpis, book.fiscal_start)
         kpi_rows = {key: value for key, value in kpi_values.items() if reach.writes(key)}
         lap("targets")
 
     with transaction.atomic():
         _store_measures(written, run, scope=_Scope(MEASURE_KEY, set(written) | gone))
         result.measure_values = len(written) + len(gone)
-        inserted, updated, deleted = _store_kpis(kpi_rows, book, run, scope=reach.kpi_scope(shrinks=moved))
+        scope = reach.kpi_scope(shrinks=moved)
+        inserted, updated, deleted = _store_kpis(kpi_rows, book, run, scope, targets=targets)
         if trust.inactive:  # values of KPIs no longer active
             deleted += KPIValue.objects.filter(kpi_id__in=sorted(trust.inactive)).delete()[0]
     result.kpi_values = len(kpi_rows)
@@ -1208,25 +1214,35 @@ def _needed(book: _Book, grain: str, wanted: Callable[[int, str], set[date] | No
 # --- targets ------------------------------------------------------------------------------
 
 
-def _attach_targets(results: dict[KPIKey, _KPIResult], kpis: list[KPI], fiscal_start: int) -> None:
-    scenarios = {s.pk: s for s in Scenario.objects.all()}
-    budget_ids = [pk for pk, s in scenarios.items() if s.kind == Scenario.Kind.BUDGET]
-    budget_id = min(budget_ids, key=lambda pk: (scenarios[pk].code != "budget", pk)) if budget_ids else None
-    by_pk = {kpi.pk: kpi for kpi in kpis}
-    typed = _typed_targets(kpis, fiscal_start)
-    shown = separators()  # the reasons' numbers: looked up once, not for each of thousands
-    thresholds = {kpi.pk: _thresholds(kpi, shown) for kpi in kpis}
-    for key, result in results.items():
-        kpi_id, scenario_id, entity_id, grain, period = key
-        kpi = by_pk[kpi_id]
-        if scenarios[scenario_id].kind == Scenario.Kind.BUDGET:
+class _Targets:
+    """Where the targets of a recompute's results come from, read once: typed and imported
+    targets, the budget scenario, the KPIs' rules and thresholds. ``attach`` gives one result
+    its target, origin and status; ``_store_kpis`` calls it as each row is written, so on
+    PostgreSQL that work overlaps the server's parsing of the rows before it."""
+
+    def __init__(self, results: dict[KPIKey, _KPIResult], kpis: list[KPI], fiscal_start: int) -> None:
+        self.results = results  # every result evaluated: the budget and last-year values come from them
+        self.scenarios = {s.pk: s for s in Scenario.objects.all()}
+        budget_ids = [pk for pk, s in self.scenarios.items() if s.kind == Scenario.Kind.BUDGET]
+        self.budget_id = (
+            min(budget_ids, key=lambda pk: (self.scenarios[pk].code != "budget", pk)) if budget_ids else None
+        )
+        self.by_pk = {kpi.pk: kpi for kpi in kpis}
+        self.typed = _typed_targets(kpis, fiscal_start)
+        shown = separators()  # the reasons' numbers: looked up once, not for each of thousands
+        self.thresholds = {kpi.pk: _thresholds(kpi, shown) for kpi in kpis}
+
+    def attach(self, key: KPIKey, result: _KPIResult) -> _KPIResult:
+        kpi_id, scenario_id = key[0], key[1]
+        if self.scenarios[scenario_id].kind == Scenario.Kind.BUDGET:
             result.status, result.status_reason = "none", BUDGET_REASON
-            continue
-        target, origin = _target_for(kpi, key, typed, results, budget_id)
+            return result
+        target, origin = _target_for(self.by_pk[kpi_id], key, self.typed, self.results, self.budget_id)
         result.target, result.target_origin = target, origin
-        result.status, result.status_reason = status_for(result.value, target, thresholds[kpi_id])
+        result.status, result.status_reason = status_for(result.value, target, self.thresholds[kpi_id])
         if result.partial and result.status != "none":
             result.status_reason += " Partial period: not all months are loaded yet."
+        return result
 
 
 def _thresholds(kpi: KPI, shown: Separators) -> Thresholds:
@@ -1325,13 +1341,38 @@ def _store_measures(values: Values, run: RefreshRun | None, scope: _Scope | None
 
 
 def _store_kpis(
-    results: dict[KPIKey, _KPIResult], book: _Book, run: RefreshRun | None, scope: _Scope | None = None
+    results: dict[KPIKey, _KPIResult],
+    book: _Book,
+    run: RefreshRun | None,
+    scope: _Scope | None = None,
+    *,
+    targets: _Targets | None,
 ) -> tuple[int, int, int]:
-    versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
-    rows = {}
-    for key, result in results.items():
+    """Store these results, each with its target and status (``targets``: None only when there
+    are no results)."""
+    rows = _KPIRows(results, {kpi.pk: kpi.formula_version for kpi in book.kpis}, targets)
+    return _sync(KPIValue, KPI_KEY, KPI_FIELDS, rows, run, scope)
+
+
+class _KPIRows(Mapping[KPIKey, tuple]):
+    """KPI results as the rows ``_sync`` stores (``KPI_FIELDS``), each made when it is read,
+    with its target, variance and status."""
+
+    def __init__(self, results: dict[KPIKey, _KPIResult], versions: dict[int, int], targets: _Targets | None):
+        self._results, self._versions, self._targets = results, versions, targets
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __iter__(self) -> Iterator[KPIKey]:
+        return iter(self._results)
+
+    def __getitem__(self, key: KPIKey) -> tuple:
+        if self._targets is None:
+            raise ValueError("KPI results to store need their targets")
+        result = self._targets.attach(key, self._results[key])
         diff, diff_pct = variance(result.value, result.target)
-        rows[key] = (  # numbers as floats: each store rounds them to the columns' places
+        return (  # numbers as floats: each store rounds them to the columns' places
             _finite(result.value),
             result.reason[:300],
             _finite(result.target),
@@ -1340,11 +1381,10 @@ def _store_kpis(
             diff_pct,
             result.status,
             result.status_reason[:300],
-            versions[key[0]],
+            self._versions[key[0]],
             {name: (None if v is None else round(v, 6)) for name, v in result.inputs.items()},
             result.partial,
         )
-    return _sync(KPIValue, KPI_KEY, KPI_FIELDS, rows, run, scope)
 
 
 class _Meanwhile:
@@ -1410,7 +1450,7 @@ def _sync(
     model: type[models.Model],
     key_fields: tuple[str, ...],
     fields: tuple[str, ...],
-    rows: dict[tuple, tuple],
+    rows: Mapping[tuple, tuple],
     run: RefreshRun | None,
     scope: _Scope | None = None,
     cursor=None,
@@ -1430,7 +1470,7 @@ def _sync_orm(
     model: type[models.Model],
     key_fields: tuple[str, ...],
     fields: tuple[str, ...],
-    rows: dict[tuple, tuple],
+    rows: Mapping[tuple, tuple],
     run: RefreshRun | None,
     scope: _Scope | None,
 ) -> tuple[int, int, int]:
@@ -1470,7 +1510,7 @@ def _sync_postgresql(
     model: type[models.Model],
     key_fields: tuple[str, ...],
     fields: tuple[str, ...],
-    rows: dict[tuple, tuple],
+    rows: Mapping[tuple, tuple],
     run: RefreshRun | None,
     scope: _Scope | None,
     cursor=None,
@@ -1594,7 +1634,7 @@ class _CsvRows:
 
     CHUNK_ROWS = 2000
 
-    def __init__(self, rows: dict[tuple, tuple], kinds: list[models.Field], *, tail: tuple = ()) -> None:
+    def __init__(self, rows: Mapping[tuple, tuple], kinds: list[models.Field], *, tail: tuple = ()) -> None:
         self._items = iter(rows.items())
         self._kinds = kinds  # the key's columns, then the values'
         self._end = "".join(f",{_csv_column((value,), None)[0]}" for value in tail) + "\n"

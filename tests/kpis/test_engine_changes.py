@@ -314,10 +314,10 @@ def test_a_kpi_that_reads_no_changed_measure_is_not_recomputed(company, monkeypa
     evaluated: set[str] = set()
     store = engine._store_kpis
 
-    def spy(results, book, run, scope=None):
+    def spy(results, book, run, scope=None, **kwargs):
         code_of = {kpi.pk: kpi.code for kpi in book.kpis}
         evaluated.update(code_of[key[0]] for key in results)
-        return store(results, book, run, scope)
+        return store(results, book, run, scope, **kwargs)
 
     monkeypatch.setattr(engine, "_store_kpis", spy)
     company.a_series("orders")
