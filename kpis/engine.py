@@ -14,10 +14,10 @@
 5. Attach targets (typed or imported, else the KPI's rule: budget, or last year plus N %),
    variance and status, and store everything in one transaction, writing only the values
    that changed. Readers see the previous complete values until the transaction commits.
-   On PostgreSQL the rows are streamed with COPY, written a chunk at a time as the server
-   reads them, and a full recompute writes the measure values on a second thread (same
-   connection, same transaction) while this one evaluates the formulas (``_Meanwhile``):
-   the server parses one set of rows while Python computes the next.
+   On PostgreSQL the rows are streamed with COPY, made a chunk at a time as the server reads
+   them (targets and statuses included), and a full recompute evaluates the formulas on a
+   second thread while this one writes the measure values (``_InBackground``): the server
+   parses one set of rows while Python computes the next.
 
 After a load that changed some months only, ``recompute(months=...)`` re-aggregates just
 those months from the facts and reads the other months' measure values from storage.
@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,7 @@ from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, Target
 from kpis.status import Thresholds, status_for, variance
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 GRAINS = ("month", "quarter", "year")
 STEP = {"month": 1, "quarter": 3, "year": 12}
@@ -216,14 +218,10 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
     lap("measures")
 
     with transaction.atomic():
-        # The measure values are written while the formulas are evaluated (on PostgreSQL).
-        stored_measures = _Meanwhile(lambda cursor: _store_measures(values, run, cursor=cursor))
-        try:
-            kpi_values = _evaluate_kpis(values, book)
-        except BaseException:
-            stored_measures.wait()  # the connection is this thread's again before the rollback
-            raise
-        result.measure_values = stored_measures.result()
+        # The formulas are evaluated while the measure values are written (on PostgreSQL).
+        evaluated = _InBackground(lambda: _evaluate_kpis(values, book))
+        result.measure_values = _store_measures(values, run)
+        kpi_values = evaluated.result()
         lap("formulas")
         targets = _Targets(kpi_values, book.kpis, book.fiscal_start)
         lap("targets")  # reading them; each value gets its own as it is stored
@@ -1334,9 +1332,9 @@ KPI_FIELDS = (
 )
 
 
-def _store_measures(values: Values, run: RefreshRun | None, scope: _Scope | None = None, cursor=None) -> int:
+def _store_measures(values: Values, run: RefreshRun | None, scope: _Scope | None = None) -> int:
     rows = {key: (value, note[:300]) for key, (value, note) in values.items()}
-    _sync(MeasureValue, MEASURE_KEY, MEASURE_FIELDS, rows, run, scope, cursor)
+    _sync(MeasureValue, MEASURE_KEY, MEASURE_FIELDS, rows, run, scope)
     return len(rows)
 
 
@@ -1378,7 +1376,7 @@ class _KPIRows(Mapping[KPIKey, tuple]):
             _finite(result.target),
             result.target_origin,
             _finite(diff),
-            diff_pct,
+            _finite(diff_pct),
             result.status,
             result.status_reason[:300],
             self._versions[key[0]],
@@ -1387,42 +1385,35 @@ class _KPIRows(Mapping[KPIKey, tuple]):
         )
 
 
-class _Meanwhile:
-    """``write(cursor)`` run on a second thread, in this thread's transaction, while this one
-    goes on without the database until ``result()``: the server stores one set of values while
-    Python computes the next (two cores instead of one after the other). On PostgreSQL only,
-    where a psycopg2 connection may be shared by threads (one at a time here); elsewhere
-    ``write(None)`` runs at once, with this thread's connection."""
+class _InBackground(Generic[T]):
+    """``compute()`` run on a second thread while this one writes to the database, on
+    PostgreSQL: the server parses rows while Python computes the next ones (two cores instead
+    of one after the other). ``compute`` must not use the database: only this thread does, so
+    an exception raised in it meanwhile (a task's time limit, from a signal handler) leaves
+    nothing else on the connection; a computation abandoned that way is only lost work.
+    Elsewhere ``compute()`` runs at once."""
 
-    def __init__(self, write: Callable[[object], int]) -> None:
+    def __init__(self, compute: Callable[[], T]) -> None:
         self._outcome: dict[str, object] = {}
-        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
         if connection.vendor != "postgresql":
-            self._outcome["value"] = write(None)
+            self._run(compute)
             return
-        connection.ensure_connection()
-        shared = connection.connection
+        threading.Thread(target=self._run, args=(compute,), name="recompute-formulas", daemon=True).start()
 
-        def run() -> None:
-            try:
-                with shared.cursor() as cursor:
-                    self._outcome["value"] = write(cursor)
-            except BaseException as error:  # noqa: BLE001 - raised again by result()
-                self._outcome["error"] = error
+    def _run(self, compute: Callable[[], T]) -> None:
+        try:
+            self._outcome["value"] = compute()
+        except BaseException as error:  # noqa: BLE001 - raised again by result()
+            self._outcome["error"] = error
+        finally:
+            self._done.set()
 
-        self._thread = threading.Thread(target=run, name="recompute-store", daemon=True)
-        self._thread.start()
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-
-    def result(self) -> int:
-        """What ``write`` returned, once it has finished; what it raised is raised here."""
-        self.wait()
+    def result(self) -> T:
+        """What ``compute`` returned, once it has; what it raised is raised here."""
+        self._done.wait()
         if "error" in self._outcome:
-            with connection.wrap_database_errors:  # psycopg2's errors as Django's
-                raise self._outcome["error"]
+            raise self._outcome["error"]
         return self._outcome["value"]
 
 
@@ -1453,16 +1444,14 @@ def _sync(
     rows: Mapping[tuple, tuple],
     run: RefreshRun | None,
     scope: _Scope | None = None,
-    cursor=None,
 ) -> tuple[int, int, int]:
     """Make ``model``'s table hold exactly ``rows`` (natural key -> values in ``fields`` order):
     insert new keys, update changed ones, delete the rest (within ``scope``, when given).
-    Unchanged rows are not written (they keep their refresh run). ``cursor``: a PostgreSQL
-    cursor to write with (default: one of this thread's connection)."""
+    Unchanged rows are not written (they keep their refresh run)."""
     if scope is not None and not scope and not rows:
         return 0, 0, 0
     if connection.vendor == "postgresql":
-        return _sync_postgresql(model, key_fields, fields, rows, run, scope, cursor)
+        return _sync_postgresql(model, key_fields, fields, rows, run, scope)
     return _sync_orm(model, key_fields, fields, rows, run, scope)
 
 
@@ -1513,7 +1502,6 @@ def _sync_postgresql(
     rows: Mapping[tuple, tuple],
     run: RefreshRun | None,
     scope: _Scope | None,
-    cursor=None,
 ) -> tuple[int, int, int]:
     """The same with set-based SQL: COPY the rows into a temporary table and let PostgreSQL
     compare. (A bulk_update's CASE over thousands of ids is slow to plan and to JIT-compile.)
@@ -1533,54 +1521,55 @@ def _sync_postgresql(
     whole_keys = scope is not None and scope.fields == key_fields
     gone = scope.keys - rows.keys() if whole_keys else set()
     anti_join = scope is None or bool(scope.whole) or (bool(scope.keys) and scope.shrinks and not whole_keys)
-    if cursor is None:
-        with connection.cursor() as cursor:
-            return _sync_postgresql(model, key_fields, fields, rows, run, scope, cursor)
-    copy = getattr(cursor, "cursor", cursor).copy_expert  # Django's cursor wraps psycopg2's
-    deleted = 0
-    if scope is None and rows:
-        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")  # noqa: S608
-        if not cursor.fetchone()[0]:
-            buffer = _CsvRows(rows, kinds, tail=(run_id,))
-            copy(f"COPY {table} ({columns}, refresh_run_id) FROM STDIN WITH (FORMAT csv{force})", buffer)
-            return len(rows), 0, 0
-    if rows or anti_join:
-        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA"  # noqa: S608
-        )
+    with connection.cursor() as cursor:
+        deleted = 0
+        if scope is None and rows:
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")  # noqa: S608
+            if not cursor.fetchone()[0]:
+                buffer = _CsvRows(rows, kinds, tail=(run_id,))
+                _copy(
+                    cursor,
+                    f"COPY {table} ({columns}, refresh_run_id) FROM STDIN WITH (FORMAT csv{force})",
+                    buffer,
+                )
+                return len(rows), 0, 0
+        if rows or anti_join:
+            cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA"  # noqa: S608
+            )
+            if rows:
+                buffer = _CsvRows(rows, kinds)
+                _copy(cursor, f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv{force})", buffer)
+        if anti_join:
+            deleted += _delete_missing(cursor, model, table, stage, key_fields, scope, whole_keys)
+        if gone:
+            types = [model._meta.get_field(name).db_type(connection) for name in key_fields]
+            arrays = ", ".join(f"%s::{kind}[]" for kind in types)
+            matches = " AND ".join(f"t.{name} = sc.{name}" for name in key_fields)
+            cursor.execute(
+                f"DELETE FROM {table} t USING unnest({arrays}) AS sc ({', '.join(key_fields)}) "  # noqa: S608
+                f"WHERE {matches}",
+                [list(column) for column in zip(*gone, strict=True)],
+            )
+            deleted += cursor.rowcount
+        inserted = updated = 0
         if rows:
-            buffer = _CsvRows(rows, kinds)
-            copy(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv{force})", buffer)
-    if anti_join:
-        deleted += _delete_missing(cursor, model, table, stage, key_fields, scope, whole_keys)
-    if gone:
-        types = [model._meta.get_field(name).db_type(connection) for name in key_fields]
-        arrays = ", ".join(f"%s::{kind}[]" for kind in types)
-        matches = " AND ".join(f"t.{name} = sc.{name}" for name in key_fields)
-        cursor.execute(
-            f"DELETE FROM {table} t USING unnest({arrays}) AS sc ({', '.join(key_fields)}) "  # noqa: S608
-            f"WHERE {matches}",
-            [list(column) for column in zip(*gone, strict=True)],
-        )
-        deleted += cursor.rowcount
-    inserted = updated = 0
-    if rows:
-        # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
-        changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
-        assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
-        cursor.execute(
-            f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
-            f"SELECT {columns}, %s FROM {stage} "
-            f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
-            f"WHERE {changed} RETURNING xmax = 0",
-            [run_id, run_id],
-        )
-        written = [new for (new,) in cursor.fetchall()]
-        inserted, updated = sum(written), len(written) - sum(written)
-    if rows or anti_join:
-        cursor.execute(f"DROP TABLE {stage}")
-    return inserted, updated, deleted
+            # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
+            changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
+            assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
+            cursor.execute(
+                f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
+                f"SELECT {columns}, %s FROM {stage} "
+                f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
+                f"WHERE {changed} RETURNING xmax = 0",
+                [run_id, run_id],
+            )
+            written = [new for (new,) in cursor.fetchall()]
+            inserted, updated = sum(written), len(written) - sum(written)
+        if rows or anti_join:
+            cursor.execute(f"DROP TABLE {stage}")
+        return inserted, updated, deleted
 
 
 def _delete_missing(
@@ -1638,8 +1627,16 @@ class _CsvRows:
         self._items = iter(rows.items())
         self._kinds = kinds  # the key's columns, then the values'
         self._end = "".join(f",{_csv_column((value,), None)[0]}" for value in tail) + "\n"
+        self.error: Exception | None = None  # what went wrong making the rows (see ``_copy``)
 
     def read(self, size: int = -1) -> str:
+        try:
+            return self._read()
+        except Exception as error:
+            self.error = error
+            raise
+
+    def _read(self) -> str:
         chunk = list(itertools.islice(self._items, self.CHUNK_ROWS))
         if not chunk:
             return ""  # the end of the file
@@ -1647,6 +1644,17 @@ class _CsvRows:
         columns = [*zip(*keys, strict=True), *zip(*values, strict=True)]
         texts = [_csv_column(column, kind) for column, kind in zip(columns, self._kinds, strict=True)]
         return self._end.join(map(",".join, zip(*texts, strict=True))) + self._end
+
+
+def _copy(cursor, sql: str, rows: _CsvRows) -> None:
+    """COPY ``rows`` in with ``sql``. An error making the rows (they are made as COPY reads
+    them) is raised as itself, not as the error psycopg2 ends the COPY with."""
+    try:
+        cursor.cursor.copy_expert(sql, rows)  # psycopg2's cursor, inside Django's
+    except Exception as error:
+        if rows.error is not None:
+            raise rows.error from error
+        raise
 
 
 def _csv_column(column: tuple, kind: models.Field | None) -> list[str]:

@@ -406,11 +406,44 @@ def test_kpi_values_are_copied_in_chunks_of_columns_as_postgresql_reads_csv():
 
 
 @pytest.mark.postgres
+def test_the_formulas_run_on_a_second_thread_that_never_uses_the_database(sales, monkeypatch):
+    """On PostgreSQL a full recompute evaluates the formulas on a second thread while this one
+    writes the measure values: only this thread may use the connection (a time limit raised in
+    it must find nothing else on it), so the other never opens one of its own."""
+    import threading
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from kpis import engine
+
+    threads: set[str] = set()
+    ensure = BaseDatabaseWrapper.ensure_connection
+
+    def recording(self):
+        threads.add(threading.current_thread().name)
+        return ensure(self)
+
+    evaluate = engine._evaluate_kpis
+    evaluated_on: list[str] = []
+
+    def evaluating(*args, **kwargs):
+        evaluated_on.append(threading.current_thread().name)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(BaseDatabaseWrapper, "ensure_connection", recording)
+    monkeypatch.setattr(engine, "_evaluate_kpis", evaluating)
+    recompute()
+    assert evaluated_on == ["recompute-formulas"]
+    assert threads == {threading.main_thread().name}
+    assert value("dso", MAR).value is not None
+
+
+@pytest.mark.postgres
 def test_a_failed_write_of_the_measure_values_fails_the_recompute_and_keeps_the_stored_values(
     sales, monkeypatch
 ):
-    """On PostgreSQL the measure values are written on a second thread while the formulas run;
-    what goes wrong there fails the recompute, as a Django database error, and rolls it back."""
+    """A database error while the formulas run on the other thread fails the recompute, rolls
+    it back and leaves the connection usable."""
     from django.db import DataError, connection
 
     from kpis import engine
@@ -419,8 +452,9 @@ def test_a_failed_write_of_the_measure_values_fails_the_recompute_and_keeps_the_
     stored = sorted(KPIValue.objects.values_list("id", "value"))
     MeasureValue.objects.update(value=None)  # so a recompute would write every measure value
 
-    def failing(values, run, scope=None, cursor=None):
-        cursor.execute("SELECT 1 / 0")
+    def failing(values, run, scope=None):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
 
     monkeypatch.setattr(engine, "_store_measures", failing)
     monkeypatch.setattr(engine._Trust, "find", classmethod(lambda cls, book, run: None))  # a full run
@@ -428,36 +462,76 @@ def test_a_failed_write_of_the_measure_values_fails_the_recompute_and_keeps_the_
         recompute()
     assert sorted(KPIValue.objects.values_list("id", "value")) == stored
     assert not MeasureValue.objects.exclude(value=None).exists()
-    with connection.cursor() as cursor:  # the connection is usable again
-        cursor.execute("SELECT 1")
 
 
 @pytest.mark.postgres
-def test_an_error_in_the_formulas_waits_for_the_measure_values_being_written(sales, monkeypatch):
-    """The connection is shared with the thread writing measure values: an error in this thread
-    waits for that write to end before the transaction is rolled back."""
-    import threading
-
+def test_an_error_in_the_formulas_on_the_other_thread_fails_the_recompute(sales, monkeypatch):
     from kpis import engine
-
-    written = threading.Event()
-    original = engine._store_measures
-
-    def slow(values, run, scope=None, cursor=None):
-        cursor.execute("SELECT pg_sleep(0.3)")
-        count = original(values, run, scope, cursor)
-        written.set()
-        return count
 
     def broken(values, book, *args, **kwargs):
         raise RuntimeError("formula trouble")
 
-    monkeypatch.setattr(engine, "_store_measures", slow)
     monkeypatch.setattr(engine, "_evaluate_kpis", broken)
     with pytest.raises(RuntimeError, match="formula trouble"):
         recompute()
-    assert written.is_set()
     assert not MeasureValue.objects.exists() and not KPIValue.objects.exists()
+
+
+@pytest.mark.postgres
+def test_a_time_limit_while_the_formulas_run_leaves_a_usable_connection_and_nothing_written(
+    sales, monkeypatch
+):
+    """A Celery soft time limit arrives as an exception raised by a signal handler in the main
+    thread, here while it waits for the formulas: the recompute is rolled back, nothing was
+    written, and the connection serves the next query (nothing else was using it)."""
+    import signal
+    import time
+
+    from django.db import connection
+
+    from kpis import engine
+
+    class TimeLimit(Exception):
+        pass
+
+    evaluate = engine._evaluate_kpis
+
+    def slow(*args, **kwargs):
+        time.sleep(0.6)
+        return evaluate(*args, **kwargs)
+
+    def interrupt(signum, frame):
+        raise TimeLimit
+
+    monkeypatch.setattr(engine, "_evaluate_kpis", slow)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(TimeLimit):
+            recompute()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    time.sleep(0.5)  # the abandoned evaluation ends on its own
+    assert not MeasureValue.objects.exists() and not KPIValue.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM kpis_measurevalue")
+        assert cursor.fetchone() == (0,)
+
+
+@pytest.mark.postgres
+def test_an_error_making_the_rows_to_copy_is_raised_as_itself(sales, monkeypatch):
+    """Rows are made as COPY reads them; a bug there is raised as that bug, not as the
+    database error psycopg2 ends the COPY with (which a refresh task would retry)."""
+    from kpis import engine
+
+    def broken(self, key, result):
+        raise TypeError("a status that cannot be worked out")
+
+    monkeypatch.setattr(engine._Targets, "attach", broken)
+    with pytest.raises(TypeError, match="cannot be worked out"):
+        recompute()
+    assert not KPIValue.objects.exists()
 
 
 def test_a_measure_of_one_department_sums_its_subtree_only(book):
