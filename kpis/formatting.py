@@ -12,8 +12,8 @@ from decimal import Decimal
 from functools import lru_cache
 
 from django.conf import settings
-from django.utils import translation
-from django.utils.formats import get_format, number_format
+from django.utils import numberformat, translation
+from django.utils.formats import get_format
 from django.utils.translation import get_language
 
 UNIT_SUFFIX = {"days": " days", "count": "", "ratio": "", "currency": ""}
@@ -58,7 +58,9 @@ def grouped(number: float, places: int, separators: Separators | None = None) ->
     decimal, thousands, grouping = separators or _separators(get_language() or settings.LANGUAGE_CODE)
     if grouping != 3:  # a locale that groups otherwise (or not at all): Django formats it
         text = f"{number:.{places}f}"
-        shown = number_format(Decimal(text), places, use_l10n=True, force_grouping=True)
+        shown = numberformat.format(
+            Decimal(text), decimal, places, grouping, thousands, force_grouping=True, use_l10n=True
+        )
         # A small negative rounds to "-0.0": keep the sign, it says which side of zero it is.
         return "-" + shown if text.startswith("-") and not shown.startswith("-") else shown
     return f"{number:,.{places}f}".translate({ord(","): thousands, ord("."): decimal})

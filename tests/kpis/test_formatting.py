@@ -111,3 +111,13 @@ def test_an_empty_value_is_a_dash(empty, unit):
 )
 def test_a_gap_is_in_points_for_percent_kpis_and_in_the_kpis_unit_otherwise(value, unit, decimals, expected):
     assert format_gap(value, unit, decimals) == expected
+
+
+def test_separators_given_are_used_even_where_they_group_otherwise_than_by_three():
+    """The engine looks the locale's separators up once and passes them on; a locale that
+    groups digits in fours (Chinese) is written with its own grouping, whatever is active."""
+    from kpis.formatting import grouped, separators
+
+    assert grouped(1234567.25, 2, (".", ",", 4)) == "123,4567.25"
+    assert grouped(-0.04, 1, (",", ".", 4)) == "-0,0"
+    assert grouped(1234567.25, 2, separators()) == "1,234,567.25"  # the site's en-us
