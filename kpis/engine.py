@@ -219,9 +219,12 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
 
     with transaction.atomic():
         # The formulas are evaluated while the measure values are written (on PostgreSQL).
-        evaluated = _InBackground(lambda: _evaluate_kpis(values, book))
-        result.measure_values = _store_measures(values, run)
-        kpi_values = evaluated.result()
+        evaluated = _InBackground(lambda stop: _evaluate_kpis(values, book, stop=stop))
+        try:
+            result.measure_values = _store_measures(values, run)
+            kpi_values = evaluated.result()
+        finally:
+            evaluated.stop.set()  # a recompute that failed meanwhile: the evaluation ends too
         lap("formulas")
         targets = _Targets(kpi_values, book.kpis, book.fiscal_start)
         lap("targets")  # reading them; each value gets its own as it is stored
@@ -1150,10 +1153,12 @@ def _evaluate_kpis(
     book: _Book,
     wanted: Callable[[int, str], set[date] | None] | None = None,
     outlines: dict[str, _Outline] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[KPIKey, _KPIResult]:
     """Every KPI for every series and period with data; ``wanted(kpi_id, grain)`` can limit
     the periods that get a result (None: all), and then ``values`` need hold only the values
-    these results read, with the ``outlines`` of the whole series."""
+    these results read, with the ``outlines`` of the whole series. Once ``stop`` is set it
+    raises ``_Stopped`` (checked before each KPI)."""
     by_code = book.by_code
     out: dict[KPIKey, _KPIResult] = {}
     for grain, stacked in _frames(values, book, outlines).items():
@@ -1163,6 +1168,8 @@ def _evaluate_kpis(
         scenarios, entities = stacked.scenario.tolist(), stacked.entity.tolist()
         needed = [(code, book.formulas[code]) for code in _needed(book, grain, wanted)]
         for code, numbers, reasons in evaluate_in_order(needed, frame, context=context):
+            if stop is not None and stop.is_set():
+                raise _Stopped
             kpi = by_code[code]
             periods = wanted(kpi.pk, grain) if wanted is not None else None
             if periods is not None and not periods:
@@ -1365,6 +1372,9 @@ class _KPIRows(Mapping[KPIKey, tuple]):
     def __iter__(self) -> Iterator[KPIKey]:
         return iter(self._results)
 
+    def __contains__(self, key: object) -> bool:  # without making the row
+        return key in self._results
+
     def __getitem__(self, key: KPIKey) -> tuple:
         if self._targets is None:
             raise ValueError("KPI results to store need their targets")
@@ -1385,25 +1395,33 @@ class _KPIRows(Mapping[KPIKey, tuple]):
         )
 
 
+class _Stopped(Exception):
+    """A computation in the background was told to stop: nobody waits for its result."""
+
+
 class _InBackground(Generic[T]):
-    """``compute()`` run on a second thread while this one writes to the database, on
+    """``compute(stop)`` run on a second thread while this one writes to the database, on
     PostgreSQL: the server parses rows while Python computes the next ones (two cores instead
     of one after the other). ``compute`` must not use the database: only this thread does, so
     an exception raised in it meanwhile (a task's time limit, from a signal handler) leaves
-    nothing else on the connection; a computation abandoned that way is only lost work.
-    Elsewhere ``compute()`` runs at once."""
+    nothing else on the connection. ``compute`` should check the ``stop`` event now and then
+    and raise ``_Stopped`` once it is set: the caller sets it when it gives up waiting.
+    Elsewhere ``compute`` runs at once, in this thread."""
 
-    def __init__(self, compute: Callable[[], T]) -> None:
+    def __init__(self, compute: Callable[[threading.Event], T]) -> None:
+        self.stop = threading.Event()
         self._outcome: dict[str, object] = {}
         self._done = threading.Event()
         if connection.vendor != "postgresql":
-            self._run(compute)
+            self._outcome["value"] = compute(self.stop)
+            self._done.set()
             return
-        threading.Thread(target=self._run, args=(compute,), name="recompute-formulas", daemon=True).start()
+        thread = threading.Thread(target=self._run, args=(compute,), name="recompute-formulas", daemon=True)
+        thread.start()
 
-    def _run(self, compute: Callable[[], T]) -> None:
+    def _run(self, compute: Callable[[threading.Event], T]) -> None:
         try:
-            self._outcome["value"] = compute()
+            self._outcome["value"] = compute(self.stop)
         except BaseException as error:  # noqa: BLE001 - raised again by result()
             self._outcome["error"] = error
         finally:
@@ -1413,7 +1431,7 @@ class _InBackground(Generic[T]):
         """What ``compute`` returned, once it has; what it raised is raised here."""
         self._done.wait()
         if "error" in self._outcome:
-            raise self._outcome["error"]
+            raise self._outcome.pop("error")  # popped: no cycle keeps its frames alive
         return self._outcome["value"]
 
 
@@ -1627,12 +1645,12 @@ class _CsvRows:
         self._items = iter(rows.items())
         self._kinds = kinds  # the key's columns, then the values'
         self._end = "".join(f",{_csv_column((value,), None)[0]}" for value in tail) + "\n"
-        self.error: Exception | None = None  # what went wrong making the rows (see ``_copy``)
+        self.error: BaseException | None = None  # what went wrong making the rows (see ``_copy``)
 
     def read(self, size: int = -1) -> str:
         try:
             return self._read()
-        except Exception as error:
+        except BaseException as error:  # a time limit or Ctrl-C lands here too
             self.error = error
             raise
 
@@ -1648,9 +1666,11 @@ class _CsvRows:
 
 def _copy(cursor, sql: str, rows: _CsvRows) -> None:
     """COPY ``rows`` in with ``sql``. An error making the rows (they are made as COPY reads
-    them) is raised as itself, not as the error psycopg2 ends the COPY with."""
+    them) is raised as itself, not as the error psycopg2 ends the COPY with; the database's
+    own errors are raised as Django's (which a refresh task retries where they are transient)."""
     try:
-        cursor.cursor.copy_expert(sql, rows)  # psycopg2's cursor, inside Django's
+        with connection.wrap_database_errors:
+            cursor.cursor.copy_expert(sql, rows)  # psycopg2's cursor, inside Django's
     except Exception as error:
         if rows.error is not None:
             raise rows.error from error

@@ -478,13 +478,13 @@ def test_an_error_in_the_formulas_on_the_other_thread_fails_the_recompute(sales,
 
 
 @pytest.mark.postgres
-def test_a_time_limit_while_the_formulas_run_leaves_a_usable_connection_and_nothing_written(
-    sales, monkeypatch
-):
+def test_a_time_limit_while_the_formulas_run_stops_them_and_leaves_a_usable_connection(sales, monkeypatch):
     """A Celery soft time limit arrives as an exception raised by a signal handler in the main
     thread, here while it waits for the formulas: the recompute is rolled back, nothing was
-    written, and the connection serves the next query (nothing else was using it)."""
+    written, the connection serves the next query (nothing else was using it), and the
+    evaluation on the other thread stops instead of running on for nobody."""
     import signal
+    import threading
     import time
 
     from django.db import connection
@@ -495,10 +495,17 @@ def test_a_time_limit_while_the_formulas_run_leaves_a_usable_connection_and_noth
         pass
 
     evaluate = engine._evaluate_kpis
+    ended: list[str] = []
 
     def slow(*args, **kwargs):
         time.sleep(0.6)
-        return evaluate(*args, **kwargs)
+        try:
+            out = evaluate(*args, **kwargs)
+        except BaseException as error:
+            ended.append(type(error).__name__)
+            raise
+        ended.append("finished")
+        return out
 
     def interrupt(signum, frame):
         raise TimeLimit
@@ -512,7 +519,10 @@ def test_a_time_limit_while_the_formulas_run_leaves_a_usable_connection_and_noth
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    time.sleep(0.5)  # the abandoned evaluation ends on its own
+    for thread in threading.enumerate():
+        if thread.name == "recompute-formulas":
+            thread.join(timeout=10)
+    assert ended == ["_Stopped"]
     assert not MeasureValue.objects.exists() and not KPIValue.objects.exists()
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM kpis_measurevalue")
@@ -520,18 +530,42 @@ def test_a_time_limit_while_the_formulas_run_leaves_a_usable_connection_and_noth
 
 
 @pytest.mark.postgres
-def test_an_error_making_the_rows_to_copy_is_raised_as_itself(sales, monkeypatch):
-    """Rows are made as COPY reads them; a bug there is raised as that bug, not as the
-    database error psycopg2 ends the COPY with (which a refresh task would retry)."""
+@pytest.mark.parametrize("error", [TypeError, KeyboardInterrupt])
+def test_an_error_making_the_rows_to_copy_is_raised_as_itself(sales, monkeypatch, error):
+    """Rows are made as COPY reads them; a bug there (or a Ctrl-C) is raised as itself, not as
+    the database error psycopg2 ends the COPY with (which a refresh task would retry)."""
     from kpis import engine
 
     def broken(self, key, result):
-        raise TypeError("a status that cannot be worked out")
+        raise error("a status that cannot be worked out")
 
     monkeypatch.setattr(engine._Targets, "attach", broken)
-    with pytest.raises(TypeError, match="cannot be worked out"):
+    with pytest.raises(error, match="cannot be worked out"):
         recompute()
     assert not KPIValue.objects.exists()
+
+
+@pytest.mark.postgres
+def test_a_value_the_column_cannot_hold_fails_the_recompute_with_djangos_error(book):
+    from django.db import DataError
+
+    book.account("4000")
+    book.book([("2024-01", "US", "4000", "1")])
+    define(
+        [{"code": "sales", "name": "Sales", "kind": "account", "account": "4000", "time_behaviour": "flow"}],
+        [{"code": "huge", "name": "Huge", "unit": "ratio", "formula": "sales * 1000000000000000000000000"}],
+    )
+    with pytest.raises(DataError, match="numeric field overflow"):
+        recompute()
+    assert not KPIValue.objects.exists() and not MeasureValue.objects.exists()
+
+
+def test_kpi_rows_answer_membership_without_making_a_row():
+    from kpis.engine import _KPIRows
+
+    rows = _KPIRows({}, {}, None)
+    assert (1, 2, 3, "month", JAN) not in rows
+    assert len(rows) == 0 and list(rows) == []
 
 
 def test_a_measure_of_one_department_sums_its_subtree_only(book):
