@@ -5,20 +5,22 @@ The row-by-row path (``finops.sources.mapping.RowMapper``) stays the one definit
 row means and the one author of the row-level report. This path only takes the files whose
 every row it can read exactly as that path would, and gives way to it otherwise:
 
-1. ``COPY ... FROM STDIN (FORMAT csv)`` streams the file (bounded memory) into a temporary
-   table of text columns, one per header column: the raw bytes when PostgreSQL splits them
-   exactly as Python's ``csv`` module does (no quote character, see ``_plain``), else the
-   rows as Python's reader reads them, written again with every cell quoted. A row that
-   ``COPY`` cannot take (too many or too few cells, a byte outside the encoding) stops here.
+1. ``COPY ... FROM STDIN (FORMAT csv)`` streams the file (bounded memory) into an unlogged
+   table of the load's own (``_WorkTables``) of text columns, one per header column: the raw
+   bytes when PostgreSQL splits them exactly as Python's ``csv`` module does (no quote
+   character, see ``_plain``), else the rows as Python's reader reads them, written again
+   with every cell quoted. A row that ``COPY`` cannot take (too many or too few cells, a
+   byte outside the encoding) stops here.
 2. The distinct date texts (a few thousand at most in a ledger) are parsed in Python by the
    row path's own parser and period rule, and joined back as a small table. Codes are joined,
    exactly as written, to the stored entities, departments, leaf accounts and scenarios.
    Amounts are read in SQL only in the plain forms both paths read alike (an optional sign,
    digits with the configured thousands grouping, the configured decimal separator, no
    spaces), and must fit the fact column without rounding.
-3. One scan of the raw rows groups them by natural key (rows sharing a key add up) into the
-   staging table of ``finops.loading``, which then replaces the source's facts in the
-   scenario-periods the file covers: the same statements, semantics and counts as every load.
+3. One scan of the raw rows, its per-row checks and joins in parallel workers, groups them
+   by natural key (rows sharing a key add up) into the staging table of ``finops.loading``,
+   which then replaces the source's facts in the scenario-periods the file covers: the same
+   statements, semantics and counts as every load.
 
 Anything the bulk path does not read with certainty (an unknown code, a code with spaces
 around it, an accounting negative "(12.50)", an empty amount, a date the parser refuses)
@@ -39,6 +41,7 @@ import csv
 import io
 import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -86,7 +89,7 @@ log = logging.getLogger(__name__)
 
 BULK_MIN_BYTES = 4 * 1024 * 1024  # default of settings.FINOPS_LOAD_BULK_MIN_BYTES
 MAX_DATE_TEXTS = 200_000  # distinct date texts parsed in Python; more: the row path
-RAW = "finops_bulk_raw"
+WORK_TABLE_PREFIX = "finops_bulk_"  # + what it holds + a token of the load (``_WorkTables``)
 PLAIN_SCAN_CHUNK = 4 * 1024 * 1024
 REWRITE_ROWS_PER_READ = 10_000
 # Python codec name (as codecs.lookup spells it) -> PostgreSQL's name for the same table.
@@ -181,6 +184,34 @@ def load(
     return result
 
 
+@dataclass(frozen=True)
+class _WorkTables:
+    """The load's own tables for the raw rows, the codes and the dates: unlogged (not
+    temporary) so that PostgreSQL's parallel workers can read them, named with a token of the
+    load so that two loads never share one. Made in the load's transaction, and dropped by it
+    (or by its rollback)."""
+
+    token: str
+
+    @classmethod
+    def new(cls) -> _WorkTables:
+        return cls(secrets.token_hex(6))
+
+    @property
+    def raw(self) -> str:
+        return f"{WORK_TABLE_PREFIX}raw_{self.token}"
+
+    @property
+    def dates(self) -> str:
+        return f"{WORK_TABLE_PREFIX}dates_{self.token}"
+
+    def codes(self, field: str) -> str:
+        return f"{WORK_TABLE_PREFIX}{field}_{self.token}"
+
+    def all(self, fields: tuple[str, ...]) -> list[str]:
+        return [self.raw, self.dates, *(self.codes(field) for field in fields)]
+
+
 @dataclass
 class _Staged:
     rows: int  # data rows read
@@ -212,23 +243,24 @@ def _stage(
     column = {field: f"r.c{position[name.lower()]}" for field, name in mapping.columns.items()}
     lock_dimensions()
     lookups = Lookups.from_db()
+    tables = _WorkTables.new()
+    raw = tables.raw
     with connection.cursor() as cursor:
         restore = big_query_settings(cursor)
         cells = ", ".join(f"c{i} text" for i in range(len(plan.header)))
-        cursor.execute(f"DROP TABLE IF EXISTS {RAW}")
-        cursor.execute(f"CREATE TEMPORARY TABLE {RAW} ({cells}) ON COMMIT DROP")
+        cursor.execute(f"CREATE UNLOGGED TABLE {raw} ({cells})")
         if _plain(stream):  # PostgreSQL splits it exactly as Python's csv module does
             options = (
                 f"FORMAT csv, DELIMITER {_literal(plan.delimiter)}, "
                 f"HEADER {'true' if plan.has_header_line else 'false'}, ENCODING '{plan.pg_encoding}'"
             )
             source_bytes = _without_bom(stream) if plan.pg_encoding == "UTF8" else stream
-            cursor.copy_expert(f"COPY {RAW} FROM STDIN WITH ({options})", source_bytes, size=1 << 20)
+            cursor.copy_expert(f"COPY {raw} FROM STDIN WITH ({options})", source_bytes, size=1 << 20)
             lap("copy")
         else:  # quotes (or other CSV subtleties): the row path's own reader splits the rows
             with open_table() as (_item, table):
                 rows = _rewritten(table.rows, len(plan.header))
-                cursor.copy_expert(f"COPY {RAW} FROM STDIN WITH (FORMAT csv, ENCODING 'UTF8')", rows)
+                cursor.copy_expert(f"COPY {raw} FROM STDIN WITH (FORMAT csv, ENCODING 'UTF8')", rows)
             lap("read and copy")
 
         blank = " AND ".join(f"(r.c{i} IS NULL OR r.c{i} ~ '{BLANK}')" for i in range(len(plan.header)))
@@ -245,17 +277,18 @@ def _stage(
             codes = lookups.codes(field)
             if field == "account":
                 codes = {code: pk for code, pk in codes.items() if code not in lookups.parent_accounts}
-            _code_table(cursor, f"finops_bulk_{table}", codes)
-            joins.append(f"LEFT JOIN finops_bulk_{table} {table} ON {table}.code = {column[field]}")
+            _code_table(cursor, tables.codes(field), codes)
+            joins.append(f"LEFT JOIN {tables.codes(field)} {table} ON {table}.code = {column[field]}")
             ids[field] = f"{table}.id"
 
         time_field = mapping.time_field
-        _date_table(cursor, mapping, column[time_field], blank)
+        _date_table(cursor, tables, mapping, column[time_field], blank)
         lap("dates")
-        joins.append(f"LEFT JOIN finops_bulk_dates d ON d.raw = {column[time_field]}")
+        joins.append(f"LEFT JOIN {tables.dates} d ON d.raw = {column[time_field]}")
 
         group = _group_financial if mapping.fact_kind == FINANCIAL else _group_operational
-        unread, too_big, rows = group(cursor, mapping, column, ids, joins, blank, report)
+        cursor.execute(f"ANALYZE {raw}")  # its size: the planner then reads it in parallel
+        unread, too_big, rows = group(cursor, tables, mapping, column, ids, joins, blank, report)
         lap("check and group")
         if unread:
             raise GiveWay(f"{unread:,} key(s) have a row it does not read with certainty")
@@ -263,11 +296,7 @@ def _stage(
             raise GiveWay("rows sharing a key add up past the fact column")
         if not rows:
             raise GiveWay("the file has no data rows")
-        for table in (
-            RAW,
-            "finops_bulk_dates",
-            *(f"finops_bulk_{name}" for name in CODE_FIELDS[mapping.fact_kind]),
-        ):
+        for table in tables.all(CODE_FIELDS[mapping.fact_kind]):
             cursor.execute(f"DROP TABLE IF EXISTS {table}")
         if mapping.fact_kind == FINANCIAL and time_field == "date" and lookups.balance_accounts:
             _warn_split_balances(cursor, report, sorted(lookups.balance_accounts))
@@ -284,20 +313,34 @@ def _spec(mapping: MappingConfig):  # noqa: ANN202 - a finops.loading.StageSpec
     return FINANCIAL_SPEC if mapping.fact_kind == FINANCIAL else OPERATIONAL_SPEC
 
 
-def _group(cursor, table: str, outer: str, inner: str, joins: list[str], blank: str) -> None:
+def _group(cursor, raw: str, table: str, outer: str, inner: str, joins: list[str], blank: str) -> None:
     """Create ``table`` from the raw rows grouped by the five key columns ``outer`` starts with.
     The inner query reads each row once (OFFSET 0 keeps the planner from copying the number's
-    regex and cast into every aggregate); rows sharing a key add up."""
+    regex and cast into every aggregate); rows sharing a key add up. The per-row work (the
+    checks, casts and code joins) runs in parallel workers: their start-up and hand-over costs
+    are counted as nothing here, where millions of rows repay them (the planner's defaults
+    keep such a scan serial)."""
     cursor.execute(f"DROP TABLE IF EXISTS {table}")
+    cursor.execute(
+        "SELECT current_setting('parallel_setup_cost'), current_setting('parallel_tuple_cost'), "
+        "current_setting('min_parallel_table_scan_size'), set_config('parallel_setup_cost', '0', true), "
+        "set_config('parallel_tuple_cost', '0', true), set_config('min_parallel_table_scan_size', '0', true)"
+    )
+    setup, per_tuple, min_scan = cursor.fetchone()[:3]
     cursor.execute(
         f"""CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS
         SELECT {outer}
-        FROM (SELECT {inner} FROM {RAW} r {" ".join(joins)} WHERE NOT ({blank}) OFFSET 0) x
+        FROM (SELECT {inner} FROM {raw} r {" ".join(joins)} WHERE NOT ({blank}) OFFSET 0) x
         GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
+    )
+    cursor.execute(
+        "SELECT set_config('parallel_setup_cost', %s, true), set_config('parallel_tuple_cost', %s, true), "
+        "set_config('min_parallel_table_scan_size', %s, true)",
+        [setup, per_tuple, min_scan],
     )
 
 
-def _group_financial(cursor, mapping, column, ids, joins, blank, report) -> tuple[int, int, int]:
+def _group_financial(cursor, tables, mapping, column, ids, joins, blank, report) -> tuple[int, int, int]:
     """Rows into ``FINANCIAL_SPEC.table``, one per natural key; (keys with a row it cannot read
     with certainty, keys whose rows add up past the column, rows read)."""
     amount = _amount_sql(column["amount"], mapping, AMOUNT_PLACES)
@@ -306,6 +349,7 @@ def _group_financial(cursor, mapping, column, ids, joins, blank, report) -> tupl
     keys += [f"{ids['scenario']} AS scenario_id", f"{ids['account']} AS account_id"]
     _group(
         cursor,
+        tables.raw,
         FINANCIAL_SPEC.table,
         "period, entity_id, department_id, scenario_id, account_id, SUM(v) AS amount, count(*) AS rows, "
         "count(v) AS read, max(abs(v)) AS largest, min(day) AS first_day, max(day) AS last_day",
@@ -323,7 +367,7 @@ def _group_financial(cursor, mapping, column, ids, joins, blank, report) -> tupl
     return cursor.fetchone()
 
 
-def _group_operational(cursor, mapping, column, ids, joins, blank, report) -> tuple[int, int, int]:
+def _group_operational(cursor, tables, mapping, column, ids, joins, blank, report) -> tuple[int, int, int]:
     """The same for operational rows into ``OPERATIONAL_SPEC.table``: a day the period rule
     moves into another month is stored on its period's first or last day (counted for the
     warning), counts are whole numbers written as digits, a dimension has no space around it."""
@@ -347,6 +391,7 @@ def _group_operational(cursor, mapping, column, ids, joins, blank, report) -> tu
     ]
     _group(
         cursor,
+        tables.raw,
         OPERATIONAL_SPEC.table,
         "date, entity_id, scenario_id, series_id, dimension, SUM(v) AS value, SUM(n) AS count, "
         "count(*) AS rows, count(v) AS read, count(n) AS counted, max(abs(v)) AS largest, "
@@ -393,8 +438,7 @@ def _literal(text: str) -> str:
 
 
 def _code_table(cursor, name: str, codes: dict[str, int]) -> None:
-    cursor.execute(f"DROP TABLE IF EXISTS {name}")
-    cursor.execute(f"CREATE TEMPORARY TABLE {name} (code text PRIMARY KEY, id bigint) ON COMMIT DROP")
+    cursor.execute(f"CREATE UNLOGGED TABLE {name} (code text PRIMARY KEY, id bigint)")
     if codes:
         rows = list(codes.items())
         cursor.execute(
@@ -404,10 +448,10 @@ def _code_table(cursor, name: str, codes: dict[str, int]) -> None:
     cursor.execute(f"ANALYZE {name}")
 
 
-def _date_table(cursor, mapping: MappingConfig, cell: str, blank: str) -> None:
+def _date_table(cursor, tables: _WorkTables, mapping: MappingConfig, cell: str, blank: str) -> None:
     """Parse each distinct date text once, in Python, exactly as the row path does."""
     cursor.execute(
-        f"SELECT DISTINCT {cell} FROM {RAW} r WHERE NOT ({blank}) LIMIT {MAX_DATE_TEXTS + 1}"  # noqa: S608
+        f"SELECT DISTINCT {cell} FROM {tables.raw} r WHERE NOT ({blank}) LIMIT {MAX_DATE_TEXTS + 1}"  # noqa: S608
     )
     texts = [text for (text,) in cursor.fetchall()]
     if len(texts) > MAX_DATE_TEXTS:
@@ -431,18 +475,18 @@ def _date_table(cursor, mapping: MappingConfig, cell: str, blank: str) -> None:
             stored.append(day)
         else:  # as RowMapper stores it
             stored.append(period if day < period else month_end(period))
-    cursor.execute("DROP TABLE IF EXISTS finops_bulk_dates")
+    dates = tables.dates
     cursor.execute(
-        "CREATE TEMPORARY TABLE finops_bulk_dates (raw text PRIMARY KEY, period date, day date, "
-        "stored_day date, moved integer) ON COMMIT DROP"
+        f"CREATE UNLOGGED TABLE {dates} (raw text PRIMARY KEY, period date, day date, "
+        "stored_day date, moved integer)"
     )
     cursor.execute(
-        "INSERT INTO finops_bulk_dates (raw, period, day, stored_day, moved) "
+        f"INSERT INTO {dates} (raw, period, day, stored_day, moved) "  # noqa: S608
         "SELECT raw, period, day, stored_day, (stored_day <> day)::integer "
         "FROM unnest(%s::text[], %s::date[], %s::date[], %s::date[]) AS t (raw, period, day, stored_day)",
         [texts, periods, days, stored],
     )
-    cursor.execute("ANALYZE finops_bulk_dates")
+    cursor.execute(f"ANALYZE {dates}")
 
 
 def _amount_sql(cell: str, mapping: MappingConfig, places: int) -> str:

@@ -930,6 +930,39 @@ def test_the_bulk_path_takes_plain_files_with_the_same_facts_and_counts(dims, lo
     assert facts()[(FEB, "4000", "actual")] == Decimal("1000.01")
 
 
+def test_the_bulk_path_leaves_none_of_its_work_tables_behind(dims, load_path):
+    """Its raw, code and date tables are unlogged tables of the load's own (so that parallel
+    workers can read them): dropped when it has grouped the rows, and by the rollback when it
+    gives way to the row path. The planner settings it changes for the grouping are put back."""
+    from django.db import connection
+
+    def work_tables() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'finops\\_bulk\\_%%'")
+            return [name for (name,) in cursor.fetchall()]
+
+    if load_path != "bulk":
+        pytest.skip("the row path makes no work tables")
+
+    def planner_costs() -> tuple:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('parallel_setup_cost'), current_setting('parallel_tuple_cost'), "
+                "current_setting('min_parallel_table_scan_size')"
+            )
+            return cursor.fetchone()
+
+    source = file_source()
+    upload(source, GOOD_CSV)
+    costs = planner_costs()
+    assert load(source).method == "bulk"
+    assert work_tables() == []
+    assert planner_costs() == costs  # the grouping's cheap parallel costs are put back
+    upload(source, GOOD_CSV.replace("acme", " acme", 1))  # a code with a space: the row path reads it
+    assert load(source).method == "rows"
+    assert work_tables() == []
+
+
 def test_the_bulk_path_reads_european_latin_1_files_without_a_header(dims, load_path):
     # Decimal commas, thousands points, day.month.year dates moved by the nearest month end,
     # a semicolon, Latin-1 (an unmapped column holds "Überweisung"), no header row.
