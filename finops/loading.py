@@ -351,17 +351,24 @@ def big_query_settings(cursor, work_mem: str = LOAD_WORK_MEM) -> Callable[[], No
     tables, and no JIT compilation (far above its cost threshold, compiling them in every
     parallel worker costs more than it saves). Returns what puts the previous values back (a
     rolled-back savepoint puts them back by itself). Nothing to do outside PostgreSQL."""
+    return local_settings(cursor, {"work_mem": work_mem, "jit": "off"})
+
+
+def local_settings(cursor, values: dict[str, str]) -> Callable[[], None]:
+    """Set these PostgreSQL settings for the rest of this transaction; returns what puts the
+    previous values back. Nothing to do outside PostgreSQL."""
     if connection.vendor != "postgresql":
         return lambda: None
+    names = list(values)
     cursor.execute(
-        "SELECT current_setting('work_mem'), current_setting('jit'), "
-        "set_config('work_mem', %s, true), set_config('jit', 'off', true)",
-        [work_mem],
+        "SELECT "
+        + ", ".join(["current_setting(%s)"] * len(names) + ["set_config(%s, %s, true)"] * len(names)),
+        [*names, *(part for name in names for part in (name, values[name]))],
     )
-    previous_work_mem, previous_jit = cursor.fetchone()[:2]
+    previous = cursor.fetchone()[: len(names)]
     return lambda: cursor.execute(
-        "SELECT set_config('work_mem', %s, true), set_config('jit', %s, true)",
-        [previous_work_mem, previous_jit],
+        "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(names)),
+        [part for name, value in zip(names, previous, strict=True) for part in (name, value)],
     )
 
 

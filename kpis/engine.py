@@ -1539,8 +1539,8 @@ def _sync_postgresql(
     whole_keys = scope is not None and scope.fields == key_fields
     gone = scope.keys - rows.keys() if whole_keys else set()
     anti_join = scope is None or bool(scope.whole) or (bool(scope.keys) and scope.shrinks and not whole_keys)
+    deleted = 0
     with connection.cursor() as cursor:
-        deleted = 0
         if scope is None and rows:
             cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")  # noqa: S608
             if not cursor.fetchone()[0]:
@@ -1587,7 +1587,7 @@ def _sync_postgresql(
             inserted, updated = sum(written), len(written) - sum(written)
         if rows or anti_join:
             cursor.execute(f"DROP TABLE {stage}")
-        return inserted, updated, deleted
+    return inserted, updated, deleted
 
 
 def _delete_missing(

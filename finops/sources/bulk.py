@@ -60,6 +60,7 @@ from finops.loading import (
     LoadResult,
     big_query_settings,
     copy_available,
+    local_settings,
     lock_dimensions,
     replace_staged,
 )
@@ -321,23 +322,16 @@ def _group(cursor, raw: str, table: str, outer: str, inner: str, joins: list[str
     are counted as nothing here, where millions of rows repay them (the planner's defaults
     keep such a scan serial)."""
     cursor.execute(f"DROP TABLE IF EXISTS {table}")
-    cursor.execute(
-        "SELECT current_setting('parallel_setup_cost'), current_setting('parallel_tuple_cost'), "
-        "current_setting('min_parallel_table_scan_size'), set_config('parallel_setup_cost', '0', true), "
-        "set_config('parallel_tuple_cost', '0', true), set_config('min_parallel_table_scan_size', '0', true)"
+    restore = local_settings(
+        cursor, {"parallel_setup_cost": "0", "parallel_tuple_cost": "0", "min_parallel_table_scan_size": "0"}
     )
-    setup, per_tuple, min_scan = cursor.fetchone()[:3]
     cursor.execute(
         f"""CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS
         SELECT {outer}
         FROM (SELECT {inner} FROM {raw} r {" ".join(joins)} WHERE NOT ({blank}) OFFSET 0) x
         GROUP BY 1, 2, 3, 4, 5"""  # noqa: S608 - our own names, code ids and checked literals
     )
-    cursor.execute(
-        "SELECT set_config('parallel_setup_cost', %s, true), set_config('parallel_tuple_cost', %s, true), "
-        "set_config('min_parallel_table_scan_size', %s, true)",
-        [setup, per_tuple, min_scan],
-    )
+    restore()
 
 
 def _group_financial(cursor, tables, mapping, column, ids, joins, blank, report) -> tuple[int, int, int]:
