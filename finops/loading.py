@@ -30,6 +30,7 @@ constraints, and that lock is what keeps the ids a load looked up valid until it
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -408,14 +409,15 @@ def copy_text(value) -> str:
 
 
 class CopyStream:
-    """A file-like ``read()`` over text pieces made on demand, for ``copy_expert`` (bounded
-    memory): each read joins the next ``per_read`` pieces (lines, or blocks of lines)."""
+    """A file-like ``read()`` over text (or bytes) pieces made on demand, for ``copy_expert``
+    (bounded memory): each read joins the next ``per_read`` pieces (lines, or blocks of lines)."""
 
-    def __init__(self, pieces: Iterator[str], per_read: int = COPY_LINES_PER_CHUNK):
+    def __init__(self, pieces: Iterator[str] | Iterator[bytes], per_read: int = COPY_LINES_PER_CHUNK):
         self._pieces, self._per_read = pieces, per_read
 
-    def read(self, size: int = -1) -> str:
-        return "".join(itertools.islice(self._pieces, self._per_read))
+    def read(self, size: int = -1) -> str | bytes:
+        pieces = list(itertools.islice(self._pieces, self._per_read))
+        return pieces[0][:0].join(pieces) if pieces else ""
 
     readline = read
 
@@ -490,6 +492,94 @@ def replace_staged(spec: StageSpec, source: DataSource) -> LoadResult:
     return result
 
 
+def load_grouped(
+    spec: StageSpec,
+    source: DataSource,
+    *,
+    columns: list[str],
+    blocks: Callable[[int | None], Iterator[bytes]],
+    scope: set[tuple[int, date]],
+    rows: int,
+    totals: Callable[[], Iterator[bytes]] | None = None,
+) -> LoadResult:
+    """Replace ``source``'s facts in ``scope``, the (scenario id, month) pairs of the input, with
+    ``rows`` facts already grouped (one per natural key) and in the fact table's index order:
+    ``blocks(source_id)`` gives them as CSV with ``columns`` (and the source id first when it is
+    given). PostgreSQL only; call inside a transaction.
+
+    When the source has no facts in the scope yet (a first load of these months) they are
+    copied straight into the fact table: nothing to compare, and the unique natural key refuses
+    a duplicate. Otherwise through the staging table and ``replace_staged``. ``totals()``, for
+    financial facts, gives the rows' sums per ledger total (``add_to_ledger_totals``): a first
+    load then adds them to the totals instead of recomputing its months from the facts."""
+    names = ", ".join(columns)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if _any_in_scope(cursor, spec.fact_table, scope, source):
+            create_stage(spec)
+            cursor.copy_expert(
+                f"COPY {spec.table} ({names}) FROM STDIN (FORMAT csv)", CopyStream(blocks(None), per_read=1)
+            )
+            return replace_staged(spec, source)
+        clock = time.perf_counter()
+        cursor.copy_expert(
+            f"COPY {spec.fact_table} (source_id, {names}) FROM STDIN (FORMAT csv)",
+            CopyStream(blocks(source.pk), per_read=1),
+        )
+        result = LoadResult(rows_inserted=rows, changed_periods={period for _scenario, period in scope})
+        result.timings["copy"] = round(time.perf_counter() - clock, 3)
+        if spec.model is FinancialFact:
+            clock = time.perf_counter()
+            if totals is None:
+                update_ledger_totals(result.changed_periods)
+            else:
+                add_to_ledger_totals(totals(), scope)
+            result.timings["totals"] = round(time.perf_counter() - clock, 3)
+        return result
+
+
+def _any_in_scope(cursor, table: str, scope: set[tuple[int, date]], source: DataSource | None = None) -> bool:
+    """Whether ``table`` has rows (of ``source``, if given) in these (scenario id, month) pairs."""
+    scenarios, periods = zip(*sorted(scope), strict=True) if scope else ((), ())
+    of_source = "" if source is None else f"WHERE f.source_id = {int(source.pk)}"
+    cursor.execute(
+        f"""SELECT EXISTS (SELECT 1 FROM {table} f JOIN unnest(%s::bigint[], %s::date[]) AS sc
+        (scenario_id, period) ON f.scenario_id = sc.scenario_id AND f.period = sc.period {of_source})""",  # noqa: S608
+        [list(scenarios), list(periods)],
+    )
+    return cursor.fetchone()[0]
+
+
+def add_to_ledger_totals(blocks: Iterator[bytes], scope: set[tuple[int, date]]) -> None:
+    """Add these sums to ``LedgerTotal``: CSV rows of (period, entity id, scenario id, account
+    id, amount), one per total, in the (scenario id, month) pairs of ``scope``. Right only for
+    facts just inserted, none replaced (a first load of its months): the totals then grow by
+    exactly their sums. Copied straight in when no other source has totals there."""
+    table, stage = LedgerTotal._meta.db_table, "finops_stage_totals"
+    columns = "period, entity_id, scenario_id, account_id, amount"
+    with connection.cursor() as cursor:
+        if not _any_in_scope(cursor, table, scope):
+            cursor.copy_expert(
+                f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)", CopyStream(blocks, per_read=1)
+            )
+            return
+        cursor.execute(f"DROP TABLE IF EXISTS {stage}")
+        cursor.execute(
+            f"""CREATE TEMPORARY TABLE {stage} (period date NOT NULL, entity_id bigint NOT NULL,
+            scenario_id bigint NOT NULL, account_id bigint NOT NULL, amount numeric NOT NULL)
+            ON COMMIT DROP"""
+        )
+        cursor.copy_expert(
+            f"COPY {stage} ({columns}) FROM STDIN (FORMAT csv)", CopyStream(blocks, per_read=1)
+        )
+        cursor.execute(
+            f"""INSERT INTO {table} AS t ({columns})
+            SELECT {columns} FROM {stage} ORDER BY period, scenario_id, entity_id, account_id
+            ON CONFLICT (period, scenario_id, entity_id, account_id)
+            DO UPDATE SET amount = t.amount + EXCLUDED.amount"""  # noqa: S608 - our own tables
+        )
+        cursor.execute(f"DROP TABLE {stage}")
+
+
 def delete_facts_outside(
     model: type[models.Model], source: DataSource, scope: set[tuple[int, date]]
 ) -> tuple[int, set[date]]:
@@ -526,12 +616,14 @@ def update_ledger_totals(months: Iterable[date]) -> None:
     # The scenario list lets PostgreSQL read a few months through the (scenario, period) index.
     in_scenarios = ", ".join(["%s"] * len(scenarios))
     with connection.cursor() as cursor:
+        restore = big_query_settings(cursor)  # its hash table in memory, whatever the estimate
         cursor.execute(f"DELETE FROM {LedgerTotal._meta.db_table} WHERE period IN ({in_months})", months)  # noqa: S608
         _insert_ledger_totals(
             cursor,
             f"WHERE scenario_id IN ({in_scenarios}) AND period IN ({in_months})",
             [*scenarios, *months],
         )
+        restore()
 
 
 def rebuild_ledger_totals() -> int:

@@ -1,6 +1,11 @@
 """The file source's bulk path on PostgreSQL: the file goes to the database with ``COPY`` and
 is checked and mapped there, set-based, instead of row by row in Python.
 
+A financial CSV file in UTF-8 with no quote character is first offered to the columnar path
+(``finops.sources.columnar``): Arrow reads, checks and groups it on every core and only the
+grouped facts are written (``finops.loading.load_grouped``). Whatever that path does not read
+with certainty makes it give way to the steps below, before anything is written.
+
 The row-by-row path (``finops.sources.mapping.RowMapper``) stays the one definition of what a
 row means and the one author of the row-level report. This path only takes the files whose
 every row it can read exactly as that path would, and gives way to it otherwise:
@@ -60,13 +65,14 @@ from finops.loading import (
     LoadResult,
     big_query_settings,
     copy_available,
+    load_grouped,
     local_settings,
     lock_dimensions,
     replace_staged,
 )
 from finops.models import Account, DataSource, Entity
 from finops.periods import month_end, month_start, period_for_date
-from finops.sources import Report
+from finops.sources import Report, columnar
 from finops.sources.mapping import (
     AMOUNT_INTEGER_DIGITS,
     AMOUNT_PLACES,
@@ -162,6 +168,10 @@ def load(
     makes the bulk path give way; an error while applying the staged rows to the facts is
     the load's error, as it would be on the row path."""
     timings: dict[str, float] = {}
+    if _columnar_reads(mapping, plan):
+        result = _load_columnar(source, mapping, plan, stream, report, timings)
+        if result is not None:
+            return result
     try:
         with transaction.atomic():  # a savepoint inside the refresh's transaction
             staged = _stage(mapping, plan, stream, open_table, report, timings)
@@ -182,6 +192,67 @@ def load(
         remove_outside_scope(source, mapping.fact_kind, staged.scope, result)
     timings["replace"] = round(time.perf_counter() - clock, 3)
     result.timings = timings
+    return result
+
+
+def _columnar_reads(mapping: MappingConfig, plan: Plan) -> bool:
+    """Whether the columnar path (``finops.sources.columnar``) may try this file first."""
+    return (
+        getattr(settings, "FINOPS_LOAD_COLUMNAR", True)
+        and columnar.available()
+        and mapping.fact_kind == FINANCIAL
+        and plan.pg_encoding == "UTF8"
+    )
+
+
+def _load_columnar(
+    source: DataSource,
+    mapping: MappingConfig,
+    plan: Plan,
+    stream: IO[bytes],
+    report: Report,
+    timings: dict[str, float],
+) -> LoadResult | None:
+    """The file read, checked and grouped by Arrow, then written; None (nothing written) when
+    the columnar path gives way to the SQL checks."""
+    clock = time.perf_counter()
+    if not _plain(stream):
+        log.info("file source %s: not columnar, because the file has quotes", source.slug)
+        return None
+    lock_dimensions()
+    try:
+        grouped = columnar.group_financial(
+            stream,
+            mapping=mapping,
+            lookups=Lookups.from_db(),
+            header=plan.header,
+            has_header_line=plan.has_header_line,
+            delimiter=plan.delimiter,
+        )
+    except columnar.GiveWay as reason:
+        log.info("file source %s: not columnar, because %s", source.slug, reason)
+        stream.seek(0)
+        return None
+    timings["read and group"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
+    for warning in grouped.warnings:
+        report.warn(warning)
+    scope = grouped.scope
+    result = load_grouped(
+        FINANCIAL_SPEC,
+        source,
+        columns=["scenario_id", "period", "entity_id", "department_id", "account_id", "amount"],
+        blocks=lambda source_id: grouped.csv_blocks(source_id),
+        scope=scope,
+        rows=len(grouped),
+        totals=grouped.total_blocks,
+    )
+    result.rows_read = grouped.rows
+    result.method = "columnar"
+    if mapping.snapshot:
+        remove_outside_scope(source, mapping.fact_kind, scope, result)
+    timings["write"] = round(time.perf_counter() - clock, 3)
+    result.timings = timings | result.timings
     return result
 
 
