@@ -1285,3 +1285,14 @@ def test_the_columnar_path_gives_way_on_rows_of_another_width_and_blank_codes(di
         upload(source, PLAIN_CSV + "2024-02-10,,4000,1\n")
         load(source)
     assert [(e.row, e.column) for e in rejected.value.errors] == [(6, "Entity")]
+
+
+def test_a_run_step_says_which_path_loaded_the_file_and_what_its_steps_took(dims, load_path):
+    source = file_source()
+    upload(source, PLAIN_CSV)
+    run = refresh(source_slug=source.slug)
+    assert run.status == RefreshRun.Status.SUCCEEDED, run.errors
+    step = run.steps[0]
+    assert step["method"] == method_for(load_path, True, True)
+    if step["method"] == "columnar":
+        assert {"read and group", "copy", "totals"} <= set(step["timings"])
