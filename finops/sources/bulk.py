@@ -202,6 +202,7 @@ def _columnar_reads(mapping: MappingConfig, plan: Plan) -> bool:
         and columnar.available()
         and mapping.fact_kind == FINANCIAL
         and plan.pg_encoding == "UTF8"
+        and plan.delimiter.isascii()
     )
 
 

@@ -156,6 +156,7 @@ def group_financial(
     try:
         first = True
         for segment in _segments(stream):
+            _check_text(segment, first)
             table = _parse(
                 segment, len(header), delimiter, reader.types, skip_header=first and has_header_line
             )
@@ -182,6 +183,18 @@ def _segments(stream: IO[bytes]) -> Iterator[memoryview]:
         yield memoryview(rest)
 
 
+def _check_text(segment: memoryview, first: bool) -> None:
+    """What Arrow would not see: a byte that is not UTF-8 in a column the load does not read
+    (Arrow checks only the columns it converts), and a byte order mark at the start of a later
+    segment (Arrow drops one at the start of any buffer; only the file's first is not data)."""
+    try:
+        str(segment, "utf-8")
+    except UnicodeDecodeError:
+        raise GiveWay("the file is not UTF-8 text throughout") from None
+    if not first and segment[:3] == b"\xef\xbb\xbf":
+        raise GiveWay("a line starts with a byte order mark")
+
+
 def _parse(
     segment: memoryview, width: int, delimiter: str, types: dict[str, Any], *, skip_header: bool
 ) -> Any:
@@ -199,7 +212,7 @@ def _parse(
                 column_types=types, include_columns=list(types), strings_can_be_null=False
             ),
         )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:  # a row of another width, bad UTF-8
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as error:  # a row of another width
         raise GiveWay(f"Arrow cannot read the file: {error}") from None
 
 
@@ -214,6 +227,8 @@ class _Reader:
             if name.lower() not in position:
                 raise GiveWay(f"the file has no column {name!r}")
             self.column[field] = f"c{position[name.lower()]}"
+        if list(self.column.values()).count(self.column["amount"]) > 1:
+            raise GiveWay("the amount's column is also read as a code or a date")
         # Codes and dates repeat: a dictionary of each chunk's texts; amounts as text.
         self.types = {name: pa.dictionary(pa.int32(), pa.string()) for name in self.column.values()}
         self.types[self.column["amount"]] = pa.string()
@@ -326,6 +341,8 @@ class _Reader:
 
     def _amount(self, cells: Any) -> Any:
         text = cells
+        if not len(text):
+            return pa.array([], self.amount_type)
         if not pc.all(pc.match_substring_regex(text, self.amount_pattern)).as_py():
             raise GiveWay("an amount is not in a plain form both other paths read alike")
         thousands, decimal = self.mapping.thousands_separator, self.mapping.decimal_separator

@@ -1296,3 +1296,34 @@ def test_a_run_step_says_which_path_loaded_the_file_and_what_its_steps_took(dims
     assert step["method"] == method_for(load_path, True, True)
     if step["method"] == "columnar":
         assert {"read and group", "copy", "totals"} <= set(step["timings"])
+
+
+def test_what_arrow_would_not_see_makes_the_columnar_path_give_way(dims, load_path, monkeypatch):
+    # A byte that is not UTF-8 in a column the load does not read (Arrow checks only the columns
+    # it converts): the row path refuses the file. A line starting with a byte order mark at the
+    # start of a later segment (Arrow drops one there): the row path reports the date.
+    from finops.sources import columnar
+
+    source = file_source()
+    upload(source, MEMO_HEADER.encode() + b"2024-01-15,acme,4000,1,ok\n2024-01-16,acme,4000,2,caf\xe9\n")
+    with pytest.raises(ImportRejected, match="not UTF-8 text"):
+        load(source)
+    head = "Date,Entity,Account,Amount\n2024-01-15,acme,4000,1\n"
+    monkeypatch.setattr(columnar, "SEGMENT_BYTES", len(head) + 3)
+    upload(source, head + "\ufeff2024-01-16,acme,4000,2\n2024-01-17,acme,4000,3\n")
+    with pytest.raises(ImportRejected) as rejected:
+        load(source)
+    assert [(e.row, e.column) for e in rejected.value.errors] == [(3, "Date")]
+    assert facts() == {}
+
+
+def test_a_delimiter_arrow_cannot_take_and_an_amount_column_read_twice_still_load(dims, load_path):
+    source = file_source(delimiter="§")
+    upload(source, "Date§Entity§Account§Amount\n2024-01-15§acme§4000§1.5\n")
+    assert load(source).method == method_for(load_path, False)
+    assert facts() == {(JAN, "4000", "actual"): Decimal("1.5")}
+    mapping = {**LEDGER_MAPPING, "columns": {**LEDGER_MAPPING["columns"], "account": "Amount"}}
+    other = file_source("other", mapping=mapping)
+    upload(other, "Date,Entity,Account,Amount\n2024-02-15,acme,x,4000\n")
+    assert load(other).method == method_for(load_path, True)
+    assert facts(other) == {(FEB, "4000", "actual"): Decimal("4000")}
