@@ -73,6 +73,7 @@ from finops.loading import (
 from finops.models import Account, DataSource, Entity
 from finops.periods import month_end, month_start, period_for_date
 from finops.sources import Report, columnar
+from finops.sources.columnar import MAX_DATE_TEXTS, GiveWay, amount_pattern
 from finops.sources.mapping import (
     AMOUNT_INTEGER_DIGITS,
     AMOUNT_PLACES,
@@ -95,7 +96,6 @@ from finops.sources.tabular import CSV, CSV_FIELD_LIMIT, Table, encoding_label
 log = logging.getLogger(__name__)
 
 BULK_MIN_BYTES = 4 * 1024 * 1024  # default of settings.FINOPS_LOAD_BULK_MIN_BYTES
-MAX_DATE_TEXTS = 200_000  # distinct date texts parsed in Python; more: the row path
 WORK_TABLE_PREFIX = "finops_bulk_"  # + what it holds + a token of the load (``_WorkTables``)
 PLAIN_SCAN_CHUNK = 4 * 1024 * 1024
 REWRITE_ROWS_PER_READ = 10_000
@@ -110,10 +110,6 @@ BLANK = r"^[ \t\r\n\f\v]*$"  # a cell the row path sees as blank (a strict subse
 
 # Opens the file as the row path reads it: a context manager giving (input, table).
 TableOpener = Callable[[], AbstractContextManager[tuple[object, Table]]]
-
-
-class GiveWay(Exception):  # noqa: N818 - not an error: the row path takes the file
-    """The bulk path cannot read this file with certainty; the row path will."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +226,7 @@ def _load_columnar(
             has_header_line=plan.has_header_line,
             delimiter=plan.delimiter,
         )
-    except columnar.GiveWay as reason:
+    except GiveWay as reason:
         log.info("file source %s: not columnar, because %s", source.slug, reason)
         stream.seek(0)
         return None
@@ -559,11 +555,7 @@ def _amount_sql(cell: str, mapping: MappingConfig, places: int) -> str:
     """The number as numeric, NULL when the text is not in a plain form read alike by both
     paths or has more than ``places`` decimals (but for trailing zeros)."""
     decimal, thousands = mapping.decimal_separator, mapping.thousands_separator
-    # A space groups thousands as written; the no-break spaces the row path also takes there
-    # do not match, and such a file takes the row path.
-    integer = f"([0-9]{{1,3}}(\\{thousands}[0-9]{{3}})+|[0-9]+)" if thousands else "[0-9]+"
-    fraction = f"\\{decimal}[0-9]{{1,{places}}}0*"
-    pattern = f"^[+-]?({integer}({fraction})?|{fraction})$"
+    pattern = amount_pattern(mapping, places)
     text = cell
     if thousands:
         text = f"replace({text}, {_literal(thousands)}, '')"

@@ -59,14 +59,15 @@ except ImportError:  # pragma: no cover - pyarrow is in requirements.txt
 SEGMENT_BYTES = 32 * 1024 * 1024  # of the file parsed at once
 BLOCK_BYTES = 4 * 1024 * 1024  # Arrow's unit of parallel parsing inside a segment
 COMPACT_ROWS = 2_000_000  # ungrouped rows held (24 bytes each) before they are grouped
-MAX_DATE_TEXTS = 200_000  # distinct date texts parsed in Python; more: give way
+MAX_DATE_TEXTS = 200_000  # distinct date texts parsed in Python (by either fast path); more: give way
 MONTHS = 12 * 10_000  # month numbers (year * 12 + month - 1) of the years 0 to 9999
 CODE_FIELDS = ("scenario", "entity", "department", "account")  # after the month, in key order
 KEY_BITS = 62  # the product of the key's ranges must stay under 2**62
 
 
 class GiveWay(Exception):  # noqa: N818 - not an error: another path takes the file
-    """The columnar path cannot read this file with certainty."""
+    """A fast path cannot read this file with certainty: the next one will (the columnar path
+    gives way to the bulk path's SQL checks, and those to the row path)."""
 
 
 def available() -> bool:
@@ -132,7 +133,11 @@ def _csv(table: Any, rows_per_block: int) -> Iterator[bytes]:
 
 
 def amount_pattern(mapping: MappingConfig, places: int) -> str:
-    """The plain forms of a number read alike by every path (as ``bulk._amount_sql``)."""
+    """The plain forms of a number read alike by every path: an optional sign, digits grouped
+    by the configured thousands separator (a space groups as written; the no-break spaces the
+    row path also takes there do not match), the configured decimal separator and at most
+    ``places`` decimals but for trailing zeros. A regular expression both Arrow (RE2) and
+    PostgreSQL read alike (``bulk._amount_sql``)."""
     decimal, thousands = mapping.decimal_separator, mapping.thousands_separator
     integer = f"([0-9]{{1,3}}([{thousands}][0-9]{{3}})+|[0-9]+)" if thousands else "[0-9]+"
     fraction = f"[{decimal}][0-9]{{1,{places}}}0*"
