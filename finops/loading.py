@@ -515,11 +515,16 @@ def load_grouped(
     names = ", ".join(columns)
     with transaction.atomic(), connection.cursor() as cursor:
         if _any_in_scope(cursor, spec.fact_table, scope, source):
+            clock = time.perf_counter()
             create_stage(spec)
             cursor.copy_expert(
                 f"COPY {spec.table} ({names}) FROM STDIN (FORMAT csv)", CopyStream(blocks(None), per_read=1)
             )
-            return replace_staged(spec, source)
+            staged = time.perf_counter()
+            result = replace_staged(spec, source)
+            result.timings["copy"] = round(staged - clock, 3)
+            result.timings["replace"] = round(time.perf_counter() - staged, 3)
+            return result
         clock = time.perf_counter()
         cursor.copy_expert(
             f"COPY {spec.fact_table} (source_id, {names}) FROM STDIN (FORMAT csv)",

@@ -212,7 +212,7 @@ def _refresh_source(run: RefreshRun, source: DataSource, total: LoadResult, pull
         seconds=round(time.monotonic() - started, 3),
     )
     if step["status"] != "rejected":  # which path loaded it, and its steps where it timed them
-        step.update(method=result.method, timings=result.timings)
+        step.update(method=result.method, timings=list(result.timings.items()))  # in order
     run.steps.append(step)
     log.info("refresh run %s: source %s %s", run.pk, source.slug, step)
 

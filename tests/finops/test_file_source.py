@@ -1287,7 +1287,7 @@ def test_the_columnar_path_gives_way_on_rows_of_another_width_and_blank_codes(di
     assert [(e.row, e.column) for e in rejected.value.errors] == [(6, "Entity")]
 
 
-def test_a_run_step_says_which_path_loaded_the_file_and_what_its_steps_took(dims, load_path):
+def test_a_run_step_says_which_path_loaded_the_file_and_what_its_steps_took(dims, load_path, client):
     source = file_source()
     upload(source, PLAIN_CSV)
     run = refresh(source_slug=source.slug)
@@ -1295,7 +1295,16 @@ def test_a_run_step_says_which_path_loaded_the_file_and_what_its_steps_took(dims
     step = run.steps[0]
     assert step["method"] == method_for(load_path, True, True)
     if step["method"] == "columnar":
-        assert {"read and group", "copy", "totals"} <= set(step["timings"])
+        assert [name for name, _seconds in step["timings"]] == ["read and group", "copy", "totals"]
+    client.force_login(factories.leadership_user())
+    body = client.get(reverse("run-detail", args=[run.pk])).content.decode()
+    shown = {
+        "columnar": "read and grouped by Arrow · read and group",
+        "bulk": "checked and grouped in the database · copy",
+        "rows": "ledger",
+    }[step["method"]]
+    assert shown in body
+    assert ("grouped" in body) == (step["method"] != "rows")
 
 
 def test_what_arrow_would_not_see_makes_the_columnar_path_give_way(dims, load_path, monkeypatch):
