@@ -157,6 +157,10 @@ FINOPS_SOURCE_XLSX_MAX_UNCOMPRESSED_BYTES = envint("FINOPS_SOURCE_XLSX_MAX_UNCOM
 # The Data page flags an active source as stale when its last successful load is older than
 # this: a night's refresh missed, with a margin.
 FINOPS_STALE_AFTER_HOURS = envint("FINOPS_STALE_AFTER_HOURS", 36)
+
+# After each recompute, check the engine's summary of the stored measure values against the
+# values themselves (a scan of them all): the test suite turns it on.
+FINOPS_ENGINE_SELF_CHECK = envbool("FINOPS_ENGINE_SELF_CHECK", False)
 # A refresh of several sources pulls its SQL and HTTP sources ahead of their loads on this many
 # threads, into spool files (finops/sources/pull.py); 0 pulls each source only as it loads.
 FINOPS_PULL_THREADS = envint("FINOPS_PULL_THREADS", 4)

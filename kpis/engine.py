@@ -33,6 +33,13 @@ changed measures (directly or through other KPIs) is not evaluated at all. A KPI
 definition changed is recomputed for every period. A full recompute over unchanged facts
 thus writes nothing and costs little more than its one scan of the facts.
 
+What the trust and the reach need to know of the values a recompute does not read (which
+kinds of KPI value are stored, each measure series' months and partial periods) the engine
+keeps beside them, in the same transaction as the values (``StoredKPIState``,
+``StoredSeries``): a recompute after one month changed reads a few hundred rows there instead
+of scanning every stored value. ``FINOPS_ENGINE_SELF_CHECK`` (on in the tests) checks them
+against the values after each recompute.
+
 Python's cycle collector is off during a recompute (``_no_cycle_collection``): the many
 small acyclic objects it makes would otherwise set off collections of the whole heap.
 """
@@ -67,7 +74,7 @@ from finops.periods import add_months, grain_months, grain_start, month_range
 from kpis.aggregate import financial_totals, operational_totals
 from kpis.formatting import Separators, separators
 from kpis.formula import EvalContext, Formula, evaluate_in_order, evaluation_order, lookback, parse
-from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, Target
+from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, StoredKPIState, StoredSeries, Target
 from kpis.status import Thresholds, status_for, variance
 
 log = logging.getLogger(__name__)
@@ -208,8 +215,10 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
     lap("aggregate")
     monthly = _roll_up_entities(leaf_totals, book.measures, tree, _rates())
     trust = _Trust.find(book, run)
-    if trust is not None:
-        _recompute_changes(monthly, changed, book, trust, run, result, lap)
+    summary = _Summary.read(book.fiscal_start) if trust is not None else None
+    if trust is not None and summary is not None:
+        _recompute_changes(monthly, changed, book, trust, summary, run, result, lap)
+        _check_summary(book.fiscal_start)
         log.info("recompute: %s", result)
         return result
     if changed is not None:
@@ -222,13 +231,17 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
         evaluated = _InBackground(lambda stop: _evaluate_kpis(values, book, stop=stop))
         try:
             result.measure_values = _store_measures(values, run)
+            _Summary.of((key, note) for key, (_value, note) in values.items()).write(book.fiscal_start)
             kpi_values = evaluated.result()
         finally:
             evaluated.stop.set()  # a recompute that failed meanwhile: the evaluation ends too
         lap("formulas")
-        targets = _Targets(kpi_values, book.kpis, book.fiscal_start)
+        targets = _Targets(book.kpis, book.fiscal_start)
+        targets.results = kpi_values
         lap("targets")  # reading them; each value gets its own as it is stored
         inserted, updated, deleted = _store_kpis(kpi_values, book, run, targets=targets)
+        _KPIStates.scan().write()
+        _check_summary(book.fiscal_start)
     result.kpi_values = len(kpi_values)
     result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
     lap("store")
@@ -241,6 +254,7 @@ def _recompute_changes(
     requested: list[date] | None,
     book: _Book,
     trust: _Trust,
+    summary: _Summary,
     run: RefreshRun | None,
     result: EngineResult,
     lap: Callable[[str], None],
@@ -273,7 +287,7 @@ def _recompute_changes(
         before = stored.get(("month", month) for month in asked)
         changed = {key[4] for key, (value, note) in fresh.items() if before.get(key) != (value, note[:300])}
         changed.update(key[4] for key in before.keys() - fresh.keys())
-        shape = _StoredShape.read(excluding=requested)
+        shape = summary.shape(excluding=requested, fiscal_start=fiscal_start)
         reshaped = _reshaped(_Shape.of(before, requested, shape), _Shape.of(fresh, requested, shape))
         others = shape.month_ranges()
         old_ranges = _extend_ranges(others, before)
@@ -304,28 +318,49 @@ def _recompute_changes(
     reach = _Reach(changed, book, dirty, None if moved else {key[0] for key in written})
     lap("measures")
 
-    kpi_rows: dict[KPIKey, _KPIResult] = {}
-    targets = None
+    evaluated = None
     if reach.kpis:  # the stored values the results read, but those just recomputed (or gone)
         window = reach.window()
-        stored = _stored_needed(reach.needs(book))
-        values = {key: value for key, value in stored.items() if key[4] not in reach.measures[key[3]]}
+        needed = stored.needed(reach.needs(book))
+        values = {key: value for key, value in needed.items() if key[4] not in reach.measures[key[3]]}
         values.update(measure_rows)
-        shape = shape or _StoredShape.read(excluding=[])
+        shape = shape or summary.shape(excluding=[], fiscal_start=fiscal_start)
         outlines = _outlines(_Shape.of(monthly, requested, shape), window, reach, measure_rows, book, shape)
-        kpi_values = _evaluate_kpis(values, book, wanted=reach.evaluated, outlines=outlines)
-        lap("formulas")
-        targets = _Targets(kpi_values, book.kpis, book.fiscal_start)
-        kpi_rows = {key: value for key, value in kpi_values.items() if reach.writes(key)}
-        lap("targets")
+        # The formulas are evaluated while the measure values are written (on PostgreSQL).
+        evaluated = _InBackground(
+            lambda stop: _evaluate_kpis(values, book, wanted=reach.evaluated, outlines=outlines, stop=stop)
+        )
 
+    kpi_rows: dict[KPIKey, _KPIResult] = {}
+    targets = None
     with transaction.atomic():
-        _store_measures(written, run, scope=_Scope(MEASURE_KEY, set(written) | gone))
-        result.measure_values = len(written) + len(gone)
+        try:
+            _store_measures(written, run, scope=_Scope(MEASURE_KEY, set(written) | gone))
+            result.measure_values = len(written) + len(gone)
+            if moved or any(
+                note.startswith("partial") != before[key][1].startswith("partial")
+                for key, (_, note) in written.items()
+            ):
+                summary.replaced(periods, rows).write(fiscal_start, summary)
+            if evaluated is not None:
+                targets = _Targets(book.kpis, book.fiscal_start)
+                kpi_values = evaluated.result()
+                lap("formulas")
+                targets.results = kpi_values
+                kpi_rows = {key: value for key, value in kpi_values.items() if reach.writes(key)}
+                lap("targets")
+        finally:
+            if evaluated is not None:
+                evaluated.stop.set()  # a recompute that failed meanwhile: the evaluation ends too
         scope = reach.kpi_scope(shrinks=moved)
         inserted, updated, deleted = _store_kpis(kpi_rows, book, run, scope, targets=targets)
         if trust.inactive:  # values of KPIs no longer active
             deleted += KPIValue.objects.filter(kpi_id__in=sorted(trust.inactive)).delete()[0]
+        if deleted:  # a kind may have lost its last value
+            _KPIStates.scan().write(trust.states)
+        elif kpi_rows:
+            versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
+            trust.states.after(kpi_rows.items(), dirty, versions).write(trust.states)
     result.kpi_values = len(kpi_rows)
     result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
     lap("store")
@@ -454,13 +489,15 @@ class _Trust:
 
     dirty: set[int]  # KPIs to evaluate and write for every period
     inactive: set[int]  # KPIs with stored values that are no longer active
+    states: _KPIStates  # the kinds of value stored
 
     @classmethod
     def find(cls, book: _Book, run: RefreshRun | None) -> _Trust | None:
-        """Trust what the last refresh stored, when it succeeded and no measure, fiscal year or
-        budget scenario changed since; a KPI whose definition or targets changed since, or whose
-        stored values do not match its formula version, is dirty (and so is every KPI that
-        uses it). Definitions change through the services, which record each KPI change."""
+        """Trust what the last refresh stored, when it succeeded and no measure or budget
+        scenario changed since (nor the fiscal year: see ``_Summary.read``); a KPI whose
+        definition or targets changed since, or whose stored values do not match its formula
+        version, is dirty (and so is every KPI that uses it). Definitions change through the
+        services, which record each KPI change."""
         previous = (
             RefreshRun.objects.exclude(finished_at=None)
             .exclude(pk=run.pk if run is not None else None)
@@ -472,18 +509,9 @@ class _Trust:
         since = previous.started_at - TRUST_MARGIN
         if Measure.objects.filter(updated_at__gte=since).exists():
             return None
-        if MeasureValue.objects.filter(grain="year").exclude(period__month=book.fiscal_start).exists():
+        states = _KPIStates.read()
+        if states is None:
             return None
-        flag = functools.partial(models.ExpressionWrapper, output_field=models.BooleanField())
-        stored = (  # what the stored values are like: a DISTINCT is cheaper than a GROUP BY
-            KPIValue.objects.annotate(
-                typed=flag(models.Q(target_origin="typed")),
-                budget=flag(models.Q(status_reason=BUDGET_REASON)),
-            )
-            .values("kpi_id", "scenario_id", "formula_version", "typed", "budget")
-            .distinct()
-            .order_by()
-        )
         budgets = set(Scenario.objects.filter(kind=Scenario.Kind.BUDGET).values_list("pk", flat=True))
         versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
         dirty = set(KPIChange.objects.filter(changed_at__gte=since).values_list("kpi_id", flat=True))
@@ -492,14 +520,91 @@ class _Trust:
         known = {m.code for m in book.measures} | set(book.formulas)
         dirty |= {kpi.pk for kpi in book.kpis if book.formulas[kpi.code].names - known}
         seen: set[int] = set()
-        for row in stored:
-            seen.add(row["kpi_id"])
-            if row["budget"] != (row["scenario_id"] in budgets):
+        for kpi_id, scenario_id, formula_version, typed, budget in states.kinds:
+            seen.add(kpi_id)
+            if budget != (scenario_id in budgets):
                 return None  # a scenario became (or stopped being) the budget
-            if row["typed"] or versions.get(row["kpi_id"], row["formula_version"]) != row["formula_version"]:
-                dirty.add(row["kpi_id"])
+            if typed or versions.get(kpi_id, formula_version) != formula_version:
+                dirty.add(kpi_id)
         dirty |= set(versions) - seen
-        return cls(_with_users(dirty, book), seen - set(versions))
+        return cls(_with_users(dirty, book), seen - set(versions), states)
+
+
+KPIKind = tuple[int, int, int, bool, bool]  # KPI, scenario, formula version, typed target, budget
+
+
+@dataclass
+class _KPIStates:
+    """The kinds of KPI value stored (``KPIKind``), kept by the engine in ``StoredKPIState`` as
+    it writes the values: what ``_Trust`` checks, read from a few rows, not from every value."""
+
+    kinds: set[KPIKind]
+
+    @classmethod
+    def read(cls) -> _KPIStates | None:
+        """The kinds kept; None when there are stored values without them (stored before the
+        engine kept them): only a full recompute, which writes them, can then follow them."""
+        kinds = set(
+            StoredKPIState.objects.values_list("kpi_id", "scenario_id", "formula_version", "typed", "budget")
+        )
+        if not kinds and KPIValue.objects.exists():
+            return None
+        return cls(kinds)
+
+    @classmethod
+    def scan(cls) -> _KPIStates:
+        """The kinds found in the stored values (a DISTINCT is cheaper than a GROUP BY)."""
+        flag = functools.partial(models.ExpressionWrapper, output_field=models.BooleanField())
+        stored = (
+            KPIValue.objects.annotate(
+                typed=flag(models.Q(target_origin="typed")),
+                budget=flag(models.Q(status_reason=BUDGET_REASON)),
+            )
+            .values_list("kpi_id", "scenario_id", "formula_version", "typed", "budget")
+            .distinct()
+            .order_by()
+        )
+        return cls(set(stored))
+
+    def after(
+        self, written: Iterable[tuple[KPIKey, _KPIResult]], rewritten: set[int], versions: dict[int, int]
+    ) -> _KPIStates:
+        """The kinds once these results are written and every KPI in ``rewritten`` has exactly
+        the values written (when no stored value was deleted). A value of another KPI keeps
+        its kind when it is written again: its version, target origin and budget flag are
+        those its stored kind has, or the KPI would be rewritten (``_Trust``)."""
+        kinds = {kind for kind in self.kinds if kind[0] not in rewritten}
+        for (kpi_id, scenario_id, *_), result in written:
+            kinds.add(
+                (
+                    kpi_id,
+                    scenario_id,
+                    versions[kpi_id],
+                    result.target_origin == "typed",
+                    result.status_reason == BUDGET_REASON,
+                )
+            )
+        return _KPIStates(kinds)
+
+    def write(self, old: _KPIStates | None = None) -> None:
+        """Store these kinds in place of ``old`` (None: in place of whatever is stored)."""
+        if old is None:
+            StoredKPIState.objects.all().delete()
+            old = _KPIStates(set())
+        found = models.Q(pk__in=[])
+        for kpi_id, scenario_id, formula_version, typed, budget in old.kinds - self.kinds:
+            found |= models.Q(
+                kpi_id=kpi_id,
+                scenario_id=scenario_id,
+                formula_version=formula_version,
+                typed=typed,
+                budget=budget,
+            )
+        StoredKPIState.objects.filter(found).delete()
+        StoredKPIState.objects.bulk_create(
+            StoredKPIState(kpi_id=k, scenario_id=s, formula_version=v, typed=t, budget=b)
+            for k, s, v, t, b in sorted(self.kinds - old.kinds)
+        )
 
 
 def _reads(book: _Book) -> dict[str, set[str]]:
@@ -695,15 +800,39 @@ class _StoredMeasures:
                 starts = [period for name, period in missing if name == grain]
                 if starts:
                     found |= models.Q(grain=grain, period__in=starts)
-            self._add(_rows(MeasureValue.objects.filter(found)))
+            self._add(MeasureValue.objects.filter(found))
             self.pairs.update(missing)
         out: Values = {}
         for pair in pairs:
             out.update(self.by_period.get(pair, {}))
         return out
 
-    def _add(self, values: Values) -> None:
-        for key, value in values.items():
+    def needed(self, needs: dict[str, dict[int, tuple[date, date] | None]]) -> Values:
+        """Stored values of each grain and measure, within their periods (None: all); the
+        (grain, period) pairs read before are not read again."""
+        grouped: dict[tuple[str, tuple[date, date] | None], list[int]] = defaultdict(list)
+        for grain, measures in needs.items():
+            for measure_id, bounds in measures.items():
+                grouped[(grain, bounds)].append(measure_id)
+        found = models.Q(pk__in=[])
+        for (grain, bounds), measure_ids in grouped.items():
+            where = models.Q(grain=grain, measure_id__in=sorted(measure_ids))
+            found |= where if bounds is None else where & models.Q(period__range=bounds)
+        known = defaultdict(list)
+        for grain, period in self.pairs:
+            known[grain].append(period)
+        for grain, periods in known.items():
+            found &= ~models.Q(grain=grain, period__in=sorted(periods))
+        out = _rows(MeasureValue.objects.filter(found))
+        for (grain, period), values in self.by_period.items():
+            for key, value in values.items():
+                bounds = needs[grain].get(key[0], False) if grain in needs else False
+                if bounds is None or (bounds and bounds[0] <= period <= bounds[1]):
+                    out[key] = value
+        return out
+
+    def _add(self, query: models.QuerySet) -> None:
+        for key, value in _rows(query).items():
             self.by_period[(key[3], key[4])][key] = value
 
 
@@ -734,19 +863,6 @@ def _rows(query: models.QuerySet) -> Values:
     else:
         rows = query
     return {(m, s, e, g, p): (value, note) for m, s, e, g, p, value, note in rows}
-
-
-def _stored_needed(needs: dict[str, dict[int, tuple[date, date] | None]]) -> Values:
-    """Stored values of each grain and measure, within their periods (None: all)."""
-    grouped: dict[tuple[str, tuple[date, date] | None], list[int]] = defaultdict(list)
-    for grain, measures in needs.items():
-        for measure_id, bounds in measures.items():
-            grouped[(grain, bounds)].append(measure_id)
-    found = models.Q(pk__in=[])
-    for (grain, bounds), measure_ids in grouped.items():
-        where = models.Q(grain=grain, measure_id__in=sorted(measure_ids))
-        found |= where if bounds is None else where & models.Q(period__range=bounds)
-    return _rows(MeasureValue.objects.filter(found))
 
 
 def _outlines(
@@ -830,58 +946,12 @@ def _reshaped(old: _Shape, new: _Shape) -> bool:
 
 @dataclass
 class _StoredShape:
-    """The stored measure values' shape, from one pass over them: each (measure, scenario,
-    entity)'s first and last month, leaving some months out, and each (scenario, entity, grain,
-    period) with a value, and whether it is partial."""
+    """The stored measure values' shape: each (measure, scenario, entity)'s first and last
+    month, leaving some months out, and each (scenario, entity, grain, period) with a value,
+    and whether it is partial (from ``_Summary.shape``)."""
 
     ranges: list[tuple[int, int, int, date, date]]
     periods: dict[tuple[int, int, str, date], bool]
-
-    @classmethod
-    def read(cls, *, excluding: Iterable[date]) -> _StoredShape:
-        excluding = sorted(set(excluding))
-        if connection.vendor != "postgresql":
-            return cls._read_orm(excluding)
-        table = MeasureValue._meta.db_table
-        outside = "grain = 'month' AND NOT (period = ANY(%s::date[]))"
-        sql = f"""
-            SELECT GROUPING(measure_id), measure_id, scenario_id, entity_id, grain, period,
-                   MIN(period) FILTER (WHERE {outside}), MAX(period) FILTER (WHERE {outside}),
-                   bool_or(note LIKE 'partial%%')
-            FROM {table}
-            GROUP BY GROUPING SETS (
-                (measure_id, scenario_id, entity_id), (scenario_id, entity_id, grain, period)
-            )
-        """  # noqa: S608 - only our own table name is interpolated
-        ranges, periods = [], {}
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [excluding, excluding])
-            for by_period, measure_id, scenario_id, entity_id, grain, period, first, last, partial in cursor:
-                if by_period:
-                    periods[(scenario_id, entity_id, grain, period)] = partial
-                elif first is not None:
-                    ranges.append((measure_id, scenario_id, entity_id, first, last))
-        return cls(ranges, periods)
-
-    @classmethod
-    def _read_orm(cls, excluding: list[date]) -> _StoredShape:
-        ranges = list(
-            MeasureValue.objects.filter(grain="month")
-            .exclude(period__in=excluding)
-            .values_list("measure_id", "scenario_id", "entity_id")
-            .annotate(first=models.Min("period"), last=models.Max("period"))
-            .order_by()
-        )
-        partial = models.Case(models.When(note__startswith="partial", then=1), default=0)
-        periods = {
-            (scenario_id, entity_id, grain, period): bool(is_partial)
-            for scenario_id, entity_id, grain, period, is_partial in MeasureValue.objects.values_list(
-                "scenario_id", "entity_id", "grain", "period"
-            )
-            .annotate(partial=models.Max(partial))
-            .order_by()
-        }
-        return cls(ranges, periods)
 
     def month_ranges(self) -> dict[int, tuple[date, date]]:
         """First and last month with a stored value (leaving those months out), per scenario."""
@@ -890,6 +960,183 @@ class _StoredShape:
             old = out.get(scenario_id, (first, last))
             out[scenario_id] = (min(old[0], first), max(old[1], last))
         return out
+
+
+SeriesKey = tuple[int, int, int]  # (measure, scenario, entity)
+
+
+@dataclass
+class _Summary:
+    """What the stored measure values look like, series by series, kept by the engine in
+    ``StoredSeries`` as it writes them: the month numbers each series has a stored month value
+    for, and the (grain, month number) of its stored values that are partial. It is all a
+    recompute after a few months changed needs to know of the values it does not read (each
+    series' extent and measures, the periods with data): reading it costs a few hundred rows
+    whatever the size of the value store, where finding the same from the values scanned
+    them all. Quarters and years have a value where one of their months has."""
+
+    months: dict[SeriesKey, set[int]]
+    partial: dict[SeriesKey, set[tuple[str, int]]]
+
+    @classmethod
+    def of(cls, values: Iterable[tuple[MeasureKey, str]]) -> _Summary:
+        """The summary of these (key, note) pairs of measure values."""
+        months: dict[SeriesKey, set[int]] = defaultdict(set)
+        partial: dict[SeriesKey, set[tuple[str, int]]] = defaultdict(set)
+        numbers: dict[date, int] = {}
+        for (measure_id, scenario_id, entity_id, grain, period), note in values:
+            series = (measure_id, scenario_id, entity_id)
+            number = numbers.get(period)
+            if number is None:
+                number = numbers[period] = _month_number(period)
+            if grain == "month":
+                months[series].add(number)
+            if note.startswith("partial"):
+                partial[series].add((grain, number))
+        return cls(dict(months), dict(partial))
+
+    @classmethod
+    def read(cls, fiscal_start: int | None = None) -> _Summary | None:
+        """The stored summary; None when there are stored values without one (stored before the
+        engine kept it), or with quarters and years of another fiscal year than ``fiscal_start``
+        (when given): only a full recompute, which writes it, can then follow them."""
+        fields = ("measure_id", "scenario_id", "entity_id", "months", "partial", "fiscal_start")
+        rows = list(StoredSeries.objects.values_list(*fields))
+        if not rows and MeasureValue.objects.exists():
+            return None
+        if fiscal_start is not None and any(row[5] != fiscal_start for row in rows):
+            return None
+        months, partial = {}, {}
+        for measure_id, scenario_id, entity_id, runs, flagged, _fiscal_start in rows:
+            series = (measure_id, scenario_id, entity_id)
+            months[series] = {n for first, last in runs for n in range(first, last + 1)}
+            if flagged:
+                partial[series] = {(grain, number) for grain, number in flagged}
+        return cls(months, partial)
+
+    @classmethod
+    def scan(cls) -> _Summary:
+        """The summary found from every stored value (what ``FINOPS_ENGINE_SELF_CHECK`` compares)."""
+        rows = MeasureValue.objects.values_list(
+            "measure_id", "scenario_id", "entity_id", "grain", "period", "note"
+        )
+        return cls.of(((m, s, e, g, p), note) for m, s, e, g, p, note in rows.iterator(chunk_size=BATCH))
+
+    def shape(self, *, excluding: Iterable[date], fiscal_start: int) -> _StoredShape:
+        """Each series' first and last month leaving ``excluding`` out, and each period with a
+        value (and whether it is partial)."""
+        left_out = {_month_number(month) for month in excluding}
+        ranges = []
+        with_data: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for (measure_id, scenario_id, entity_id), months in self.months.items():
+            with_data[(scenario_id, entity_id)] |= months
+            kept = months - left_out if left_out else months
+            if kept:
+                ranges.append(
+                    (measure_id, scenario_id, entity_id, _month_date(min(kept)), _month_date(max(kept)))
+                )
+        periods: dict[tuple[int, int, str, date], bool] = {}
+        for (scenario_id, entity_id), months in with_data.items():
+            for number in months:
+                month = _month_date(number)
+                for grain in GRAINS:
+                    periods[(scenario_id, entity_id, grain, grain_start(month, grain, fiscal_start))] = False
+        for (_measure, scenario_id, entity_id), flagged in self.partial.items():
+            for grain, number in flagged:
+                periods[(scenario_id, entity_id, grain, _month_date(number))] = True
+        return _StoredShape(ranges, periods)
+
+    def replaced(self, periods: dict[str, set[date]], rows: Values) -> _Summary:
+        """The summary once the stored values of these periods are ``rows`` (and only them)."""
+        numbers = {(grain, _month_number(start)) for grain, starts in periods.items() for start in starts}
+        months_out = {number for grain, number in numbers if grain == "month"}
+        fresh = _Summary.of((key, note) for key, (_value, note) in rows.items())
+        months: dict[SeriesKey, set[int]] = {}
+        partial: dict[SeriesKey, set[tuple[str, int]]] = {}
+        for series in self.months.keys() | fresh.months.keys():
+            kept = self.months.get(series, set()) - months_out
+            kept |= fresh.months.get(series, set())
+            if kept:
+                months[series] = kept
+                flagged = (self.partial.get(series, set()) - numbers) | fresh.partial.get(series, set())
+                if flagged:
+                    partial[series] = flagged
+        return _Summary(months, partial)
+
+    def write(self, fiscal_start: int, old: _Summary | None = None) -> None:
+        """Store this summary, of quarters and years from ``fiscal_start``, in place of ``old``
+        (None: in place of whatever is stored), writing only the series that differ."""
+        if old is None:
+            StoredSeries.objects.all().delete()
+            old = _Summary({}, {})
+        gone = [series for series in old.months if series not in self.months]
+        changed = [
+            series
+            for series, months in self.months.items()
+            if old.months.get(series) != months
+            or old.partial.get(series, set()) != self.partial.get(series, set())
+        ]
+        stale = gone + [series for series in changed if series in old.months]
+        for start in range(0, len(stale), BATCH):
+            found = models.Q(pk__in=[])
+            for measure_id, scenario_id, entity_id in stale[start : start + BATCH]:
+                found |= models.Q(measure_id=measure_id, scenario_id=scenario_id, entity_id=entity_id)
+            StoredSeries.objects.filter(found).delete()
+        StoredSeries.objects.bulk_create(
+            [
+                StoredSeries(
+                    measure_id=measure_id,
+                    scenario_id=scenario_id,
+                    entity_id=entity_id,
+                    months=_runs(self.months[(measure_id, scenario_id, entity_id)]),
+                    partial=sorted(self.partial.get((measure_id, scenario_id, entity_id), set())),
+                    fiscal_start=fiscal_start,
+                )
+                for measure_id, scenario_id, entity_id in changed
+            ],
+            batch_size=BATCH,
+        )
+
+
+def _runs(numbers: set[int]) -> list[list[int]]:
+    """Sorted numbers as runs of consecutive ones: {1, 2, 3, 7} is [[1, 3], [7, 7]]."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and runs[-1][1] == number - 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return runs
+
+
+def _month_date(number: int) -> date:
+    return date(number // 12, number % 12 + 1, 1)
+
+
+def _check_summary(fiscal_start: int) -> None:
+    """With ``FINOPS_ENGINE_SELF_CHECK``: the stored summary must be what the values give."""
+    if not settings.FINOPS_ENGINE_SELF_CHECK:
+        return
+    if MeasureValue.objects.filter(grain="year").exclude(period__month=fiscal_start).exists():
+        raise AssertionError(f"stored year values do not start in month {fiscal_start}")
+    if StoredSeries.objects.exclude(fiscal_start=fiscal_start).exists():
+        raise AssertionError(
+            f"the engine's summary of the stored measure values is not of month {fiscal_start}"
+        )
+    kept, found = _Summary.read(), _Summary.scan()
+    if kept != found:
+        series = sorted(
+            key
+            for key in found.months.keys() | (kept.months.keys() if kept else set())
+            if kept is None
+            or kept.months.get(key) != found.months.get(key)
+            or kept.partial.get(key) != found.partial.get(key)
+        )
+        raise AssertionError(f"the engine's summary of the stored measure values is wrong for {series[:5]}")
+    kinds, found_kinds = _KPIStates.read(), _KPIStates.scan()
+    if kinds != found_kinds:
+        wrong = sorted(found_kinds.kinds ^ (kinds.kinds if kinds else set()))
+        raise AssertionError(f"the engine's kinds of stored KPI value are wrong: {wrong[:5]}")
 
 
 def _extend_ranges(ranges: dict[int, tuple[date, date]], values: Values) -> dict[int, tuple[date, date]]:
@@ -1225,8 +1472,9 @@ class _Targets:
     its target, origin and status; ``_store_kpis`` calls it as each row is written, so on
     PostgreSQL that work overlaps the server's parsing of the rows before it."""
 
-    def __init__(self, results: dict[KPIKey, _KPIResult], kpis: list[KPI], fiscal_start: int) -> None:
-        self.results = results  # every result evaluated: the budget and last-year values come from them
+    def __init__(self, kpis: list[KPI], fiscal_start: int) -> None:
+        # Every result evaluated, set once they are: the budget and last-year values come from them.
+        self.results: dict[KPIKey, _KPIResult] = {}
         self.scenarios = {s.pk: s for s in Scenario.objects.all()}
         budget_ids = [pk for pk, s in self.scenarios.items() if s.kind == Scenario.Kind.BUDGET]
         self.budget_id = (

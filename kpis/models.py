@@ -248,6 +248,55 @@ class MeasureValue(models.Model):
         return f"{self.measure_id} {self.grain} {self.period}: {self.value}"
 
 
+class StoredSeries(models.Model):
+    """The shape of one (measure, scenario, entity) series of stored measure values, kept by
+    the engine with them, in the same transaction (``kpis.engine._Summary``): the months it
+    has a stored month value for, as runs ``[first, last]`` of month numbers (year * 12 +
+    month - 1), and the ``[grain, month number]`` of its stored values that are partial. A
+    recompute after some months changed reads these few rows, not every stored value."""
+
+    measure = models.ForeignKey(Measure, **VALUE_REFERENCE)
+    scenario = models.ForeignKey(Scenario, **VALUE_REFERENCE)
+    entity = models.ForeignKey(Entity, **VALUE_REFERENCE)
+    months = models.JSONField(default=list)
+    partial = models.JSONField(default=list)
+    fiscal_start = models.PositiveSmallIntegerField(
+        help_text="The month fiscal years started in when its quarters and years were derived."
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["measure", "scenario", "entity"], name="storedseries_natural_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.measure_id} {self.scenario_id} {self.entity_id}: {self.months}"
+
+
+class StoredKPIState(models.Model):
+    """One kind of stored value a KPI has in a scenario, kept by the engine with the values, in
+    the same transaction: the formula version they were computed with, whether their target was
+    typed, and whether they are budget values (the targets themselves). What a refresh must
+    know to trust the stored values (``kpis.engine._Trust``), without reading them all."""
+
+    kpi = models.ForeignKey(KPI, related_name="+", **VALUE_REFERENCE)
+    scenario = models.ForeignKey(Scenario, **VALUE_REFERENCE)
+    formula_version = models.PositiveIntegerField()
+    typed = models.BooleanField()
+    budget = models.BooleanField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kpi", "scenario", "formula_version", "typed", "budget"],
+                name="storedkpistate_natural_key",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kpi_id} {self.scenario_id} v{self.formula_version}"
+
+
 class KPIValue(models.Model):
     """A KPI's stored value with its target, variance, status and lineage."""
 

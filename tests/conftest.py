@@ -55,6 +55,13 @@ def _no_real_broker_in_unit_tests(settings, request):
 
 
 @pytest.fixture(autouse=True)
+def _engine_self_check(settings):
+    """Every recompute in the tests checks the engine's summary of the stored measure values
+    against the values themselves."""
+    settings.FINOPS_ENGINE_SELF_CHECK = True
+
+
+@pytest.fixture(autouse=True)
 def _empty_cache():
     """Each test starts with an empty cache (pages cache bodies under a published version)."""
     from django.core.cache import cache  # noqa: PLC0415 - settings are configured by now

@@ -18,7 +18,7 @@ from finops.loading import rebuild_ledger_totals, update_ledger_totals
 from finops.models import FinancialFact, RefreshRun
 from kpis.definitions import import_definitions
 from kpis.engine import EngineResult, recompute
-from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, Target
+from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, StoredKPIState, StoredSeries, Target
 from kpis.services import kpi_save
 from tests.kpis.conftest import Book
 
@@ -463,4 +463,97 @@ def test_a_scenario_made_the_budget_is_recomputed_in_full(company):
     company.budget.save()
     again = refreshed(months=[])
     assert "formulas" in again.seconds
+    assert snapshot() == from_scratch()
+
+
+# --- what the engine keeps of the stored values -----------------------------------------------
+
+
+def test_the_engine_keeps_the_shape_of_the_stored_values_with_them(company):
+    """Each series' months and partial periods, and each KPI's kinds of value per scenario:
+    what a trusted refresh reads instead of scanning every stored value."""
+    company.book(facts(4, MONTHS[:14]))  # 2024 has two months: its quarter and year are partial
+    refreshed()
+    net_sales = {"measure__code": "net_sales", "scenario__code": "actual", "entity": company.us}
+    series = StoredSeries.objects.get(**net_sales)
+    first, last = (m.year * 12 + m.month - 1 for m in (MONTHS[0], MONTHS[13]))
+    assert series.months == [[first, last]]
+    assert series.partial == [["quarter", last - 1], ["year", last - 1]]
+    kinds = set(StoredKPIState.objects.values_list("kpi__code", "scenario__code", "typed", "budget"))
+    assert ("revenue", "actual", False, False) in kinds and ("revenue", "budget", False, True) in kinds
+    settle()
+    company.book(facts(5, MONTHS[14:16]))  # two more months: the kept shape follows
+    refreshed(months=MONTHS[14:16])
+    series = StoredSeries.objects.get(**net_sales)
+    assert series.months == [[first, last + 2]] and series.partial == [
+        ["quarter", last + 2],
+        ["year", last - 1],
+    ]
+    assert snapshot() == from_scratch()
+
+
+def test_stored_values_without_the_kept_shape_are_recomputed_in_full(company):
+    """Values stored before the engine kept their shape (or with it lost) are not trusted: the
+    next refresh recomputes everything and keeps the shape again."""
+    company.book(facts(6))
+    refreshed()
+    settle()
+    StoredSeries.objects.all().delete()
+    StoredKPIState.objects.all().delete()
+    result = refreshed(months=[MONTHS[20]])
+    assert result.kpi_values == KPIValue.objects.count()  # every value evaluated again
+    assert StoredSeries.objects.exists() and StoredKPIState.objects.exists()
+    assert snapshot() == from_scratch()
+
+
+def test_deleting_a_measure_deletes_its_kept_shape(company):
+    company.book(facts(8))
+    refreshed()
+    settle()
+    assets = Measure.objects.get(code="assets")
+    assert StoredSeries.objects.filter(measure=assets).exists()
+    assets.delete()
+    assert not StoredSeries.objects.filter(measure_id=assets.pk).exists()
+    refreshed(months=[MONTHS[5]])  # the engine's self-check compares the kept shape with the values
+    assert snapshot() == from_scratch()
+
+
+def test_the_self_check_finds_a_kept_shape_that_is_wrong(company, settings):
+    company.book(facts(9))
+    refreshed()
+    settle()
+    series = StoredSeries.objects.first()
+    series.months = series.months[:-1] + [[series.months[-1][0], series.months[-1][1] - 1]]
+    series.save()
+    with pytest.raises(AssertionError, match="summary of the stored measure values is wrong"):
+        refreshed(months=[MONTHS[5]])
+    settings.FINOPS_ENGINE_SELF_CHECK = False
+    RefreshRun.objects.filter(status=RefreshRun.Status.RUNNING).update(status=RefreshRun.Status.FAILED)
+    refreshed(months=[MONTHS[5]])  # without the check, the refresh runs (a failed run: in full)
+
+
+@pytest.mark.postgres
+def test_value_tables_leave_room_for_values_rewritten_in_place(db):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, reloptions FROM pg_class WHERE relname IN ('kpis_kpivalue', 'kpis_measurevalue')"
+        )
+        assert dict(cursor.fetchall()) == {
+            "kpis_kpivalue": ["fillfactor=80"],
+            "kpis_measurevalue": ["fillfactor=80"],
+        }
+
+
+def test_a_new_fiscal_year_start_is_recomputed_in_full(company, settings):
+    """Quarters and years kept from another fiscal year start are not trusted."""
+    company.book(facts(11))
+    refreshed()
+    settle()
+    settings.FISCAL_YEAR_START_MONTH = 7
+    result = refreshed(months=[MONTHS[5]])
+    assert result.kpi_values == KPIValue.objects.count()  # every value evaluated again
+    assert set(StoredSeries.objects.values_list("fiscal_start", flat=True)) == {7}
+    assert set(MeasureValue.objects.filter(grain="year").values_list("period__month", flat=True)) == {7}
     assert snapshot() == from_scratch()
