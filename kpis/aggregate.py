@@ -73,17 +73,24 @@ def department_subtrees() -> dict[int, list[int]]:
 
 def financial_totals(measures: Iterable[Measure], months: list[date] | None = None) -> MonthlyTotals:
     """Monthly totals of account roll-up measures per scenario and leaf entity (one query)."""
+    measures = [measure for measure in measures if measure.kind == Measure.Kind.ACCOUNT]
+    if not measures:
+        return {}
     signs = account_signs()
-    departments = department_subtrees()
+    departments = department_subtrees() if any(measure.department_id for measure in measures) else {}
     scenarios = list(Scenario.objects.values_list("pk", flat=True))
+    accounts_of: dict[int, list[int]] = defaultdict(list)  # one query, not one per measure
+    named = Measure.accounts.through.objects.filter(measure_id__in=[measure.pk for measure in measures])
+    for measure_id, account_id in named.order_by("account__sort_order", "account__code").values_list(
+        "measure_id", "account_id"
+    ):
+        accounts_of[measure_id].append(account_id)  # in the accounts' order (a later one wins a leaf)
     mapping: list[tuple[int, int, int, int]] = []  # account, measure, sign, department (0 = any)
     for measure in measures:
-        if measure.kind != Measure.Kind.ACCOUNT:
-            continue
         dept_ids = departments.get(measure.department_id, [0]) if measure.department_id else [0]
         leaves: dict[int, int] = {}
-        for account in measure.accounts.all():  # prefetched by the caller
-            leaves.update(signs.get(account.pk, {}))
+        for account_id in accounts_of[measure.pk]:
+            leaves.update(signs.get(account_id, {}))
         for leaf, sign in leaves.items():
             mapping.extend((leaf, measure.pk, sign, dept) for dept in dept_ids)
     if not mapping:

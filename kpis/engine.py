@@ -121,7 +121,7 @@ class _Book:
 
     @classmethod
     def load(cls) -> _Book:
-        measures = list(Measure.objects.prefetch_related("accounts"))
+        measures = list(Measure.objects.all())
         kpis = list(KPI.objects.filter(is_active=True))
         formulas = {kpi.code: _parse(kpi.formula) for kpi in kpis}
         order = [code for code in evaluation_order(formulas) if code in formulas]
@@ -832,8 +832,9 @@ class _StoredMeasures:
         return out
 
     def _add(self, query: models.QuerySet) -> None:
-        for key, value in _rows(query).items():
-            self.by_period[(key[3], key[4])][key] = value
+        by_period = self.by_period
+        for m, s, e, g, p, value, note in _fetch(query):
+            by_period[(g, p)][(m, s, e, g, p)] = (value, note)
 
 
 def _year_months(months: Iterable[date], fiscal_start: int) -> set[date]:
@@ -851,18 +852,21 @@ def _stored_values(grains: Iterable[str], periods: Iterable[date] | None = None)
 
 
 def _rows(query: models.QuerySet) -> Values:
+    return {(m, s, e, g, p): (value, note) for m, s, e, g, p, value, note in _fetch(query)}
+
+
+def _fetch(query: models.QuerySet) -> Iterable[tuple]:
+    """(measure, scenario, entity, grain, period, value, note) of each measure value."""
     query = query.values_list("measure_id", "scenario_id", "entity_id", "grain", "period", "value", "note")
-    if connection.vendor == "postgresql":  # the same rows without the ORM's per-row work
-        try:
-            sql, params = query.query.sql_with_params()
-        except EmptyResultSet:
-            return {}
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            rows = cursor.fetchall()
-    else:
-        rows = query
-    return {(m, s, e, g, p): (value, note) for m, s, e, g, p, value, note in rows}
+    if connection.vendor != "postgresql":
+        return query
+    try:  # the same rows without the ORM's per-row work
+        sql, params = query.query.sql_with_params()
+    except EmptyResultSet:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def _outlines(
@@ -975,7 +979,7 @@ class _Summary:
     whatever the size of the value store, where finding the same from the values scanned
     them all. Quarters and years have a value where one of their months has."""
 
-    months: dict[SeriesKey, set[int]]
+    months: dict[SeriesKey, set[int] | frozenset[int]]
     partial: dict[SeriesKey, set[tuple[str, int]]]
 
     @classmethod
@@ -1007,9 +1011,14 @@ class _Summary:
         if fiscal_start is not None and any(row[5] != fiscal_start for row in rows):
             return None
         months, partial = {}, {}
+        shared: dict[tuple, frozenset[int]] = {}  # one set for the series with the same months
         for measure_id, scenario_id, entity_id, runs, flagged, _fiscal_start in rows:
             series = (measure_id, scenario_id, entity_id)
-            months[series] = {n for first, last in runs for n in range(first, last + 1)}
+            key = tuple(map(tuple, runs))
+            found = shared.get(key)
+            if found is None:
+                found = shared[key] = frozenset(n for first, last in runs for n in range(first, last + 1))
+            months[series] = found
             if flagged:
                 partial[series] = {(grain, number) for grain, number in flagged}
         return cls(months, partial)
@@ -1027,20 +1036,30 @@ class _Summary:
         value (and whether it is partial)."""
         left_out = {_month_number(month) for month in excluding}
         ranges = []
-        with_data: dict[tuple[int, int], set[int]] = defaultdict(set)
+        # Series mostly have the same months: each distinct set is worked on once (``read``
+        # shares one frozenset between the series that have the same months).
+        bounds: dict[frozenset[int], tuple[date, date] | None] = {}
+        sets_of: dict[tuple[int, int], dict[int, frozenset[int]]] = defaultdict(dict)
         for (measure_id, scenario_id, entity_id), months in self.months.items():
-            with_data[(scenario_id, entity_id)] |= months
-            kept = months - left_out if left_out else months
-            if kept:
-                ranges.append(
-                    (measure_id, scenario_id, entity_id, _month_date(min(kept)), _month_date(max(kept)))
-                )
+            months = months if isinstance(months, frozenset) else frozenset(months)
+            sets_of[(scenario_id, entity_id)][id(months)] = months
+            if months not in bounds:
+                kept = months - left_out if left_out else months
+                bounds[months] = (_month_date(min(kept)), _month_date(max(kept))) if kept else None
+            if bounds[months] is not None:
+                ranges.append((measure_id, scenario_id, entity_id, *bounds[months]))
         periods: dict[tuple[int, int, str, date], bool] = {}
-        for (scenario_id, entity_id), months in with_data.items():
-            for number in months:
-                month = _month_date(number)
-                for grain in GRAINS:
-                    periods[(scenario_id, entity_id, grain, grain_start(month, grain, fiscal_start))] = False
+        starts: dict[int, list[tuple[str, date]]] = {}
+        for (scenario_id, entity_id), sets in sets_of.items():
+            for number in frozenset().union(*sets.values()):
+                into = starts.get(number)
+                if into is None:
+                    month = _month_date(number)
+                    into = starts[number] = [
+                        (grain, grain_start(month, grain, fiscal_start)) for grain in GRAINS
+                    ]
+                for grain, start in into:
+                    periods[(scenario_id, entity_id, grain, start)] = False
         for (_measure, scenario_id, entity_id), flagged in self.partial.items():
             for grain, number in flagged:
                 periods[(scenario_id, entity_id, grain, _month_date(number))] = True
