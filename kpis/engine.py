@@ -67,6 +67,7 @@ import pandas as pd
 from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connection, models, transaction
+from psycopg2.extras import execute_values
 
 from finops.loading import lock_for_reading
 from finops.models import CurrencyRate, Entity, RefreshRun, Scenario
@@ -240,7 +241,8 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
         targets.results = kpi_values
         lap("targets")  # reading them; each value gets its own as it is stored
         inserted, updated, deleted = _store_kpis(kpi_values, book, run, targets=targets)
-        _KPIStates.scan().write()
+        versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
+        _KPIStates(set()).after(kpi_values.items(), set(versions), versions).write()  # exactly these
         _check_summary(book.fiscal_start)
     result.kpi_values = len(kpi_values)
     result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
@@ -1101,17 +1103,36 @@ class _Summary:
             for measure_id, scenario_id, entity_id in stale[start : start + BATCH]:
                 found |= models.Q(measure_id=measure_id, scenario_id=scenario_id, entity_id=entity_id)
             StoredSeries.objects.filter(found).delete()
+        rows = [
+            (
+                *series,
+                json.dumps(_runs(self.months[series])),
+                json.dumps(sorted(self.partial.get(series, ()))),
+            )
+            for series in changed
+        ]
+        if connection.vendor == "postgresql":  # one statement, without a model instance per row
+            with connection.cursor() as cursor:
+                execute_values(
+                    cursor.cursor,
+                    f"INSERT INTO {StoredSeries._meta.db_table} "  # noqa: S608 - our own table name
+                    "(measure_id, scenario_id, entity_id, months, partial, fiscal_start) VALUES %s",
+                    rows,
+                    template=f"(%s, %s, %s, %s::jsonb, %s::jsonb, {int(fiscal_start)})",
+                    page_size=BATCH,
+                )
+            return
         StoredSeries.objects.bulk_create(
             [
                 StoredSeries(
-                    measure_id=measure_id,
-                    scenario_id=scenario_id,
-                    entity_id=entity_id,
-                    months=_runs(self.months[(measure_id, scenario_id, entity_id)]),
-                    partial=sorted(self.partial.get((measure_id, scenario_id, entity_id), set())),
+                    measure_id=m,
+                    scenario_id=s,
+                    entity_id=e,
+                    months=json.loads(months),
+                    partial=json.loads(partial),
                     fiscal_start=fiscal_start,
                 )
-                for measure_id, scenario_id, entity_id in changed
+                for m, s, e, months, partial in rows
             ],
             batch_size=BATCH,
         )
