@@ -1372,6 +1372,7 @@ class _Evaluator:
         self._expanding: list[str] = []
         self._depth = 0
         self._added: dict[str, np.ndarray] = {}  # columns added after the frame's, by name
+        self._floats: dict[str, np.ndarray] | None = None  # the frame's columns, when all are floats
 
     def add_column(self, name: str, values: np.ndarray) -> None:
         """Read ``values`` (one per frame row) as the frame's column ``name`` from now on."""
@@ -1657,6 +1658,16 @@ class _Evaluator:
         """The frame's column as floats (anything non-numeric is NaN), or None if it has none."""
         if name not in self.frame.columns:
             return None
+        if self._floats is None:
+            # All float columns: read as arrays, once (a column read from the frame is a Series
+            # built over the frame's index each time).
+            floats = self.frame.columns.is_unique and bool((self.frame.dtypes == np.float64).all())
+            block = self.frame.to_numpy(dtype=np.float64) if floats else None
+            self._floats = (
+                {column: block[:, j] for j, column in enumerate(self.frame.columns)} if floats else {}
+            )
+        if name in self._floats:
+            return self._floats[name]
         series = self.frame[name]
         if isinstance(series, pd.DataFrame):  # duplicated column name: take the first
             series = series.iloc[:, 0]
