@@ -222,6 +222,9 @@ class ReadOnlyValues(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False  # the engine keeps what it knows of them (kpis.engine._Summary) with them
+
 
 @admin.register(KPIValue)
 class KPIValueAdmin(ReadOnlyValues):

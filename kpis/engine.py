@@ -86,6 +86,7 @@ STEP = {"month": 1, "quarter": 3, "year": 12}
 ADDITIVE_UNITS = {"currency", "count"}
 VALUE_PLACES = Decimal("0.000001")
 BATCH = 5000
+KEYS_PER_STATEMENT = 300  # rows deleted by key per statement
 BUDGET_REASON = "Budget values are targets themselves."
 
 # (measure_id, scenario_id, entity_id, grain, period) -> (value or None, note)
@@ -522,7 +523,7 @@ class _Trust:
         known = {m.code for m in book.measures} | set(book.formulas)
         dirty |= {kpi.pk for kpi in book.kpis if book.formulas[kpi.code].names - known}
         seen: set[int] = set()
-        for kpi_id, scenario_id, formula_version, typed, budget in states.kinds:
+        for kpi_id, scenario_id, _entity, formula_version, typed, budget in states.kinds:
             seen.add(kpi_id)
             if budget != (scenario_id in budgets):
                 return None  # a scenario became (or stopped being) the budget
@@ -532,7 +533,9 @@ class _Trust:
         return cls(_with_users(dirty, book), seen - set(versions), states)
 
 
-KPIKind = tuple[int, int, int, bool, bool]  # KPI, scenario, formula version, typed target, budget
+# KPI, scenario, entity, formula version, typed target, budget
+KPIKind = tuple[int, int, int, int, bool, bool]
+KIND_FIELDS = ("kpi_id", "scenario_id", "entity_id", "formula_version", "typed", "budget")
 
 
 @dataclass
@@ -546,9 +549,7 @@ class _KPIStates:
     def read(cls) -> _KPIStates | None:
         """The kinds kept; None when there are stored values without them (stored before the
         engine kept them): only a full recompute, which writes them, can then follow them."""
-        kinds = set(
-            StoredKPIState.objects.values_list("kpi_id", "scenario_id", "formula_version", "typed", "budget")
-        )
+        kinds = set(StoredKPIState.objects.values_list(*KIND_FIELDS))
         if not kinds and KPIValue.objects.exists():
             return None
         return cls(kinds)
@@ -562,7 +563,7 @@ class _KPIStates:
                 typed=flag(models.Q(target_origin="typed")),
                 budget=flag(models.Q(status_reason=BUDGET_REASON)),
             )
-            .values_list("kpi_id", "scenario_id", "formula_version", "typed", "budget")
+            .values_list(*KIND_FIELDS)
             .distinct()
             .order_by()
         )
@@ -576,11 +577,12 @@ class _KPIStates:
         its kind when it is written again: its version, target origin and budget flag are
         those its stored kind has, or the KPI would be rewritten (``_Trust``)."""
         kinds = {kind for kind in self.kinds if kind[0] not in rewritten}
-        for (kpi_id, scenario_id, *_), result in written:
+        for (kpi_id, scenario_id, entity_id, *_), result in written:
             kinds.add(
                 (
                     kpi_id,
                     scenario_id,
+                    entity_id,
                     versions[kpi_id],
                     result.target_origin == "typed",
                     result.status_reason == BUDGET_REASON,
@@ -593,20 +595,8 @@ class _KPIStates:
         if old is None:
             StoredKPIState.objects.all().delete()
             old = _KPIStates(set())
-        found = models.Q(pk__in=[])
-        for kpi_id, scenario_id, formula_version, typed, budget in old.kinds - self.kinds:
-            found |= models.Q(
-                kpi_id=kpi_id,
-                scenario_id=scenario_id,
-                formula_version=formula_version,
-                typed=typed,
-                budget=budget,
-            )
-        StoredKPIState.objects.filter(found).delete()
-        StoredKPIState.objects.bulk_create(
-            StoredKPIState(kpi_id=k, scenario_id=s, formula_version=v, typed=t, budget=b)
-            for k, s, v, t, b in sorted(self.kinds - old.kinds)
-        )
+        _delete_keys(StoredKPIState, KIND_FIELDS, old.kinds - self.kinds)
+        _insert_rows(StoredKPIState, KIND_FIELDS, sorted(self.kinds - old.kinds))
 
 
 def _reads(book: _Book) -> dict[str, set[str]]:
@@ -1098,44 +1088,62 @@ class _Summary:
             or old.partial.get(series, set()) != self.partial.get(series, set())
         ]
         stale = gone + [series for series in changed if series in old.months]
-        for start in range(0, len(stale), BATCH):
-            found = models.Q(pk__in=[])
-            for measure_id, scenario_id, entity_id in stale[start : start + BATCH]:
-                found |= models.Q(measure_id=measure_id, scenario_id=scenario_id, entity_id=entity_id)
-            StoredSeries.objects.filter(found).delete()
+        _delete_keys(StoredSeries, ("measure_id", "scenario_id", "entity_id"), stale)
         rows = [
             (
                 *series,
                 json.dumps(_runs(self.months[series])),
                 json.dumps(sorted(self.partial.get(series, ()))),
+                fiscal_start,
             )
             for series in changed
         ]
-        if connection.vendor == "postgresql":  # one statement, without a model instance per row
-            with connection.cursor() as cursor:
-                execute_values(
-                    cursor.cursor,
-                    f"INSERT INTO {StoredSeries._meta.db_table} "  # noqa: S608 - our own table name
-                    "(measure_id, scenario_id, entity_id, months, partial, fiscal_start) VALUES %s",
-                    rows,
-                    template=f"(%s, %s, %s, %s::jsonb, %s::jsonb, {int(fiscal_start)})",
-                    page_size=BATCH,
-                )
-            return
-        StoredSeries.objects.bulk_create(
-            [
-                StoredSeries(
-                    measure_id=m,
-                    scenario_id=s,
-                    entity_id=e,
-                    months=json.loads(months),
-                    partial=json.loads(partial),
-                    fiscal_start=fiscal_start,
-                )
-                for m, s, e, months, partial in rows
-            ],
-            batch_size=BATCH,
-        )
+        fields = ("measure_id", "scenario_id", "entity_id", "months", "partial", "fiscal_start")
+        _insert_rows(StoredSeries, fields, rows, json_fields={"months", "partial"})
+
+
+def _delete_keys(model: type[models.Model], fields: tuple[str, ...], keys: Iterable[tuple]) -> None:
+    """Delete the rows with these values of ``fields``, a few hundred keys per statement
+    (SQLite refuses an expression of a thousand terms)."""
+    keys = list(keys)
+    for start in range(0, len(keys), KEYS_PER_STATEMENT):
+        found = models.Q(pk__in=[])
+        for key in keys[start : start + KEYS_PER_STATEMENT]:
+            found |= models.Q(**dict(zip(fields, key, strict=True)))
+        model.objects.filter(found).delete()
+
+
+def _insert_rows(
+    model: type[models.Model], fields: tuple[str, ...], rows: list[tuple], *, json_fields: Iterable[str] = ()
+) -> None:
+    """Insert these rows (values of ``fields``, JSON fields as JSON text): on PostgreSQL in one
+    statement, without a model instance per row."""
+    if not rows:
+        return
+    json_fields = set(json_fields)
+    if connection.vendor == "postgresql":
+        template = "(" + ", ".join("%s::jsonb" if name in json_fields else "%s" for name in fields) + ")"
+        with connection.cursor() as cursor, connection.wrap_database_errors:
+            execute_values(
+                cursor.cursor,  # psycopg2's, inside Django's: its errors come out as Django's
+                f"INSERT INTO {model._meta.db_table} ({', '.join(fields)}) VALUES %s",  # noqa: S608
+                rows,
+                template=template,
+                page_size=BATCH,
+            )
+        return
+    model.objects.bulk_create(
+        [
+            model(
+                **{
+                    name: json.loads(v) if name in json_fields else v
+                    for name, v in zip(fields, row, strict=True)
+                }
+            )
+            for row in rows
+        ],
+        batch_size=BATCH,
+    )
 
 
 def _runs(numbers: set[int]) -> list[list[int]]:

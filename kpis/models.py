@@ -274,13 +274,14 @@ class StoredSeries(models.Model):
 
 
 class StoredKPIState(models.Model):
-    """One kind of stored value a KPI has in a scenario, kept by the engine with the values, in
+    """One kind of stored value a KPI has for a scenario and entity, kept by the engine with the values, in
     the same transaction: the formula version they were computed with, whether their target was
     typed, and whether they are budget values (the targets themselves). What a refresh must
     know to trust the stored values (``kpis.engine._Trust``), without reading them all."""
 
     kpi = models.ForeignKey(KPI, related_name="+", **VALUE_REFERENCE)
     scenario = models.ForeignKey(Scenario, **VALUE_REFERENCE)
+    entity = models.ForeignKey(Entity, **VALUE_REFERENCE)  # deleting an entity deletes its kinds
     formula_version = models.PositiveIntegerField()
     typed = models.BooleanField()
     budget = models.BooleanField()
@@ -288,7 +289,7 @@ class StoredKPIState(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["kpi", "scenario", "formula_version", "typed", "budget"],
+                fields=["kpi", "scenario", "entity", "formula_version", "typed", "budget"],
                 name="storedkpistate_natural_key",
             )
         ]

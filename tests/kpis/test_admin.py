@@ -245,6 +245,11 @@ def test_computed_values_are_read_only(client, analyst):
         page = client.get(url)
         assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
         assert client.post(url, {"value": "1"}).status_code == 403
+        # Nor deleted by hand: the engine keeps what it knows of the values with them.
+        assert (
+            client.post(reverse(f"admin:kpis_{model}_delete", args=[obj.pk]), {"post": "yes"}).status_code
+            == 403
+        )
     kpi_value.refresh_from_db()
     measure_value.refresh_from_db()
     assert kpi_value.value == measure_value.value == Decimal("900")
