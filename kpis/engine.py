@@ -142,6 +142,11 @@ class _Book:
         return {m.code: m.time_behaviour for m in self.measures}
 
     @property
+    def versions(self) -> dict[int, int]:
+        """The formula version of each KPI, by id."""
+        return {kpi.pk: kpi.formula_version for kpi in self.kpis}
+
+    @property
     def fixed_scenario(self) -> dict[str, int]:
         """Measures that always read one scenario (a budget measure), by code."""
         return {m.code: m.scenario_id for m in self.measures if m.scenario_id}
@@ -242,8 +247,7 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
         targets.results = kpi_values
         lap("targets")  # reading them; each value gets its own as it is stored
         inserted, updated, deleted = _store_kpis(kpi_values, book, run, targets=targets)
-        versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
-        _KPIStates(set()).after(kpi_values.items(), set(versions), versions).write()  # exactly these
+        _KPIStates.of(kpi_values.items(), book.versions).write()  # the values are exactly these
         _check_summary(book.fiscal_start)
     result.kpi_values = len(kpi_values)
     result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
@@ -362,8 +366,7 @@ def _recompute_changes(
         if deleted:  # a kind may have lost its last value
             _KPIStates.scan().write(trust.states)
         elif kpi_rows:
-            versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
-            trust.states.after(kpi_rows.items(), dirty, versions).write(trust.states)
+            trust.states.after(kpi_rows.items(), dirty, book.versions).write(trust.states)
     result.kpi_values = len(kpi_rows)
     result.kpi_inserted, result.kpi_updated, result.kpi_deleted = inserted, updated, deleted
     lap("store")
@@ -516,7 +519,7 @@ class _Trust:
         if states is None:
             return None
         budgets = set(Scenario.objects.filter(kind=Scenario.Kind.BUDGET).values_list("pk", flat=True))
-        versions = {kpi.pk: kpi.formula_version for kpi in book.kpis}
+        versions = book.versions
         dirty = set(KPIChange.objects.filter(changed_at__gte=since).values_list("kpi_id", flat=True))
         dirty |= set(Target.objects.values_list("kpi_id", flat=True))
         # A formula naming a measure or KPI that is gone (deleted, deactivated) reads nothing now.
@@ -569,16 +572,11 @@ class _KPIStates:
         )
         return cls(set(stored))
 
-    def after(
-        self, written: Iterable[tuple[KPIKey, _KPIResult]], rewritten: set[int], versions: dict[int, int]
-    ) -> _KPIStates:
-        """The kinds once these results are written and every KPI in ``rewritten`` has exactly
-        the values written (when no stored value was deleted). A value of another KPI keeps
-        its kind when it is written again: its version, target origin and budget flag are
-        those its stored kind has, or the KPI would be rewritten (``_Trust``)."""
-        kinds = {kind for kind in self.kinds if kind[0] not in rewritten}
-        for (kpi_id, scenario_id, entity_id, *_), result in written:
-            kinds.add(
+    @classmethod
+    def of(cls, results: Iterable[tuple[KPIKey, _KPIResult]], versions: dict[int, int]) -> _KPIStates:
+        """The kinds of these results, once written (with their targets attached)."""
+        return cls(
+            {
                 (
                     kpi_id,
                     scenario_id,
@@ -587,8 +585,19 @@ class _KPIStates:
                     result.target_origin == "typed",
                     result.status_reason == BUDGET_REASON,
                 )
-            )
-        return _KPIStates(kinds)
+                for (kpi_id, scenario_id, entity_id, *_), result in results
+            }
+        )
+
+    def after(
+        self, written: Iterable[tuple[KPIKey, _KPIResult]], rewritten: set[int], versions: dict[int, int]
+    ) -> _KPIStates:
+        """The kinds once these results are written and every KPI in ``rewritten`` has exactly
+        the values written (when no stored value was deleted). A value of another KPI keeps
+        its kind when it is written again: its version, target origin and budget flag are
+        those its stored kind has, or the KPI would be rewritten (``_Trust``)."""
+        kept = {kind for kind in self.kinds if kind[0] not in rewritten}
+        return _KPIStates(kept | _KPIStates.of(written, versions).kinds)
 
     def write(self, old: _KPIStates | None = None) -> None:
         """Store these kinds in place of ``old`` (None: in place of whatever is stored)."""
@@ -1651,7 +1660,7 @@ def _store_kpis(
 ) -> tuple[int, int, int]:
     """Store these results, each with its target and status (``targets``: None only when there
     are no results)."""
-    rows = _KPIRows(results, {kpi.pk: kpi.formula_version for kpi in book.kpis}, targets)
+    rows = _KPIRows(results, book.versions, targets)
     return _sync(KPIValue, KPI_KEY, KPI_FIELDS, rows, run, scope)
 
 

@@ -274,10 +274,11 @@ class StoredSeries(models.Model):
 
 
 class StoredKPIState(models.Model):
-    """One kind of stored value a KPI has for a scenario and entity, kept by the engine with the values, in
-    the same transaction: the formula version they were computed with, whether their target was
-    typed, and whether they are budget values (the targets themselves). What a refresh must
-    know to trust the stored values (``kpis.engine._Trust``), without reading them all."""
+    """One kind of stored value a KPI has for a scenario and entity, kept by the engine with the
+    values, in the same transaction: the formula version they were computed with, whether their
+    target was typed, and whether they are budget values (the targets themselves). What a
+    refresh must know to trust the stored values (``kpis.engine._Trust``), without reading
+    them all."""
 
     kpi = models.ForeignKey(KPI, related_name="+", **VALUE_REFERENCE)
     scenario = models.ForeignKey(Scenario, **VALUE_REFERENCE)
