@@ -55,6 +55,7 @@ import logging
 import math
 import threading
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ from finops.models import CurrencyRate, Entity, RefreshRun, Scenario
 from finops.periods import add_months, grain_months, grain_start, month_range
 from kpis.aggregate import financial_totals, operational_totals
 from kpis.formatting import Separators, separators
-from kpis.formula import EvalContext, Formula, evaluate_in_order, evaluation_order, lookback, parse
+from kpis.formula import EvalContext, Formula, Layout, evaluate_in_order, evaluation_order, lookback, parse
 from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, StoredKPIState, StoredSeries, Target
 from kpis.status import Thresholds, status_for, variance
 
@@ -1291,7 +1292,8 @@ class _Frame:
     the rows of periods it has data for (only they get KPI values).
     """
 
-    frame: pd.DataFrame  # index (scenario, entity, period start); a column per measure code
+    frame: pd.DataFrame  # a column per measure code
+    layout: Layout  # each row's (scenario, entity) series and period
     data: np.ndarray  # the frame's values, a column per measure code
     scenario: np.ndarray  # of each row
     entity: np.ndarray
@@ -1299,10 +1301,6 @@ class _Frame:
     own: np.ndarray
     partial: np.ndarray  # rows whose period is not fully loaded
     missing: dict[tuple[int, int], frozenset[str]]  # measure codes a series does not have
-
-    def period(self, row: int) -> date:
-        month = int(self.month[row])
-        return date(month // 12, month % 12 + 1, 1)
 
 
 @dataclass
@@ -1446,10 +1444,9 @@ def _stack(
         lacking = frozenset(columns) - outline.series[pair][0] - set(fixed)
         if lacking:
             missing[pair] = lacking
-    starts = (row_month - 1970 * 12).astype("datetime64[M]").astype("datetime64[ns]")
-    index = pd.MultiIndex.from_arrays([row_scenario, row_entity, pd.DatetimeIndex(starts)])
-    frame = pd.DataFrame(data, index=index, columns=columns)
-    return _Frame(frame, data, row_scenario, row_entity, row_month, own, partial_rows, missing)
+    frame = pd.DataFrame(data, columns=columns)  # its rows are in ``layout``, not in an index
+    layout = Layout(row_month, row_bucket, pairs)
+    return _Frame(frame, layout, data, row_scenario, row_entity, row_month, own, partial_rows, missing)
 
 
 def _evaluate_kpis(
@@ -1470,38 +1467,49 @@ def _evaluate_kpis(
         context = book.context(grain, stacked.missing)
         columns = {name: stacked.data[:, j] for j, name in enumerate(frame.columns)}
         scenarios, entities = stacked.scenario.tolist(), stacked.entity.tolist()
+        dates = {number: _month_date(number) for number in set(stacked.month.tolist())}
+        starts = [dates[number] for number in stacked.month.tolist()]
+        rows_of: dict[frozenset[date] | None, np.ndarray] = {}  # KPIs mostly want the same periods
         needed = [(code, book.formulas[code]) for code in _needed(book, grain, wanted)]
-        for code, numbers, reasons in evaluate_in_order(needed, frame, context=context):
+        for code, numbers, reasons in evaluate_in_order(
+            needed, frame, context=context, layout=stacked.layout
+        ):
             if stop is not None and stop.is_set():
                 raise _Stopped
             kpi = by_code[code]
+            columns[code] = numbers
             periods = wanted(kpi.pk, grain) if wanted is not None else None
             if periods is not None and not periods:
-                rows = np.empty(0, dtype=np.int64)
-            elif periods is None:
-                rows = np.flatnonzero(stacked.own)
-            else:
-                months = [period.year * 12 + period.month - 1 for period in periods]
-                rows = np.flatnonzero(stacked.own & np.isin(stacked.month, months))
-            columns[code] = numbers
+                continue
+            chosen = None if periods is None else frozenset(periods)
+            rows = rows_of.get(chosen)
+            if rows is None:
+                if chosen is None:
+                    rows = np.flatnonzero(stacked.own)
+                else:
+                    months = [_month_number(period) for period in chosen]
+                    rows = np.flatnonzero(stacked.own & np.isin(stacked.month, months))
+                rows_of[chosen] = rows
             if not len(rows):
                 continue
             names = [name for name in sorted(book.formulas[code].names) if name in columns]
-            inputs = [columns[name][rows].tolist() for name in names]
-            for n, i in enumerate(rows.tolist()):
+            inputs = zip(*(columns[name][rows].tolist() for name in names), strict=True) if names else None
+            partial = stacked.partial[rows].tolist()
+            why = reasons[rows].tolist()
+            for n, (i, value) in enumerate(zip(rows.tolist(), numbers[rows].tolist(), strict=True)):
                 scenario_id, entity_id = scenarios[i], entities[i]
                 lacking = stacked.missing.get((scenario_id, entity_id), ())
-                number = numbers[i]
-                value = None if number != number else float(number)  # NaN: empty
-                out[(kpi.pk, scenario_id, entity_id, grain, stacked.period(i))] = _KPIResult(
-                    value=value,
-                    reason=(reasons[i] or "") if value is None else "",
+                given = next(inputs) if inputs is not None else ()
+                empty = value != value  # NaN: empty
+                out[(kpi.pk, scenario_id, entity_id, grain, starts[i])] = _KPIResult(
+                    value=None if empty else value,
+                    reason=(why[n] or "") if empty else "",
                     inputs={
-                        name: (None if column[n] != column[n] else column[n])
-                        for name, column in zip(names, inputs, strict=True)
+                        name: (None if number != number else number)
+                        for name, number in zip(names, given, strict=True)
                         if name not in lacking
                     },
-                    partial=bool(stacked.partial[i]),
+                    partial=partial[n],
                 )
     return out
 
@@ -1833,7 +1841,6 @@ def _sync_postgresql(
     rows no longer have are found by an anti-join with the staged rows, but for a scope of
     whole keys, where they are known already, and for a scope that does not shrink."""
     table = model._meta.db_table
-    stage = f"{table}_stage"
     columns = ", ".join([*key_fields, *fields])
     kinds = [model._meta.get_field(name) for name in (*key_fields, *fields)]
     text_fields = [
@@ -1857,10 +1864,7 @@ def _sync_postgresql(
                 )
                 return len(rows), 0, 0
         if rows or anti_join:
-            cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
-            cursor.execute(
-                f"CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA"  # noqa: S608
-            )
+            stage = _stage(cursor, table, columns, kinds)
             if rows:
                 buffer = _CsvRows(rows, kinds)
                 _copy(cursor, f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv{force})", buffer)
@@ -1891,8 +1895,24 @@ def _sync_postgresql(
             written = [new for (new,) in cursor.fetchall()]
             inserted, updated = sum(written), len(written) - sum(written)
         if rows or anti_join:
-            cursor.execute(f"DROP TABLE {stage}")
+            cursor.execute(f"DELETE FROM {stage}")  # noqa: S608 - empty for the next sync
     return inserted, updated, deleted
+
+
+def _stage(cursor, table: str, columns: str, kinds: list[models.Field]) -> str:
+    """A temporary table with these columns of ``table``, empty, to COPY rows into.
+
+    It stays for the session (ON COMMIT DELETE ROWS empties it at each commit, a rollback
+    takes its rows away): creating and dropping a table for each sync cost a one-month
+    recompute more than its COPY. Its name holds its columns' names and types, so a table
+    made before a migration changed them is not used after it."""
+    shape = ",".join(f"{kind.column} {kind.db_type(connection)}" for kind in kinds)
+    stage = f"{table}_stage_{zlib.crc32(shape.encode()):08x}"
+    cursor.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS "  # noqa: S608
+        f"AS SELECT {columns} FROM {table} WITH NO DATA"
+    )
+    return stage
 
 
 def _delete_missing(

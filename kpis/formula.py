@@ -29,7 +29,7 @@ import keyword
 import re
 import unicodedata
 import weakref
-from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Context, Decimal
 from functools import cached_property
@@ -1270,6 +1270,18 @@ def _months_to_days(months: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """Each frame row's group and period, for a caller that built the frame from them: the
+    frame's index is then not read (analysing a MultiIndex of dates costs more than
+    evaluating a formula over a small frame). Group g is ``labels[g]``, as a frame indexed by
+    (group, ..., period start) would name it in ``EvalContext.missing_columns``."""
+
+    months: np.ndarray  # each row's period start as a month number (year * 12 + month - 1)
+    groups: np.ndarray  # each row's group number
+    labels: Sequence[Hashable]
+
+
+@dataclass(frozen=True)
 class _Range:
     """The regular range of periods an index spans (one per group, laid end to end)."""
 
@@ -1284,9 +1296,11 @@ class _Range:
     into_year: np.ndarray  # periods from the start of the fiscal year (0 for the year's first)
 
     @classmethod
-    def of(cls, index: pd.Index, context: EvalContext) -> _Range:
+    def of(cls, index: pd.Index, context: EvalContext, layout: Layout | None = None) -> _Range:
         """The range of ``index``, remembered while the index lives: evaluating every KPI over
-        one frame analyses its index once."""
+        one frame analyses its index once. With a ``layout``, the index is not read."""
+        if layout is not None:
+            return cls._build(index, context, layout)
         key = (id(index), context.grain, context.fiscal_year_start_month)
         cached = _RANGES.get(key)
         if cached is not None and cached[0]() is index:
@@ -1298,10 +1312,16 @@ class _Range:
         return found
 
     @classmethod
-    def _build(cls, index: pd.Index, context: EvalContext) -> _Range:
+    def _build(cls, index: pd.Index, context: EvalContext, layout: Layout | None = None) -> _Range:
         step = _STEP[context.grain]
         fy_start = context.fiscal_year_start_month
-        if isinstance(index, pd.MultiIndex):
+        if layout is not None:
+            months, codes, group_labels = layout.months, layout.groups, list(layout.labels)
+            if len(months) != len(index) or len(codes) != len(index):
+                raise ValueError("the layout does not have one month and one group per frame row")
+            if len(codes) and (codes.min() < 0 or codes.max() >= len(group_labels)):
+                raise ValueError("the layout's groups do not match its group labels")
+        elif isinstance(index, pd.MultiIndex):
             months, codes, group_labels = _groups_and_months(index)
         else:
             months = _month_numbers(index)
@@ -1358,12 +1378,12 @@ class _Evaluator:
     evaluating that group alone gives.
     """
 
-    def __init__(self, frame: pd.DataFrame, context: EvalContext) -> None:
+    def __init__(self, frame: pd.DataFrame, context: EvalContext, layout: Layout | None = None) -> None:
         self.frame = frame
         self.context = context
         self.step = _STEP[context.grain]
         self.per_year = 12 // self.step  # periods in a year: 12, 4 or 1
-        periods = _Range.of(frame.index, context)
+        periods = _Range.of(frame.index, context, layout)
         self.size, self.bounds, self.group_labels = periods.size, periods.bounds, periods.group_labels
         self.group, self.start, self.rows = periods.group, periods.start, periods.rows
         self.index, self.months, self.into_year = periods.index, periods.months, periods.into_year
@@ -1805,7 +1825,11 @@ def evaluate(formula: Formula | str, frame: pd.DataFrame, *, context: EvalContex
 
 
 def evaluate_in_order(
-    formulas: Iterable[tuple[str, Formula]], frame: pd.DataFrame, *, context: EvalContext
+    formulas: Iterable[tuple[str, Formula]],
+    frame: pd.DataFrame,
+    *,
+    context: EvalContext,
+    layout: Layout | None = None,
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Evaluate (code, formula) pairs one after the other over one frame, each result then
     read as the frame's column ``code`` by the formulas after it (empty values as missing
@@ -1813,11 +1837,12 @@ def evaluate_in_order(
 
     Yields (code, values, reasons): what :func:`evaluate` gives, as arrays in the frame's row
     order. The frame is analysed and each of its columns read once for all the formulas, and
-    the frame itself is left as it is.
+    the frame itself is left as it is. With a ``layout`` (see :class:`Layout`) its index is
+    not read: it can be any index.
     """
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"evaluate_in_order() takes a pandas DataFrame, not {type(frame).__name__}")
-    evaluator = _Evaluator(frame, context) if len(frame) else None
+    evaluator = _Evaluator(frame, context, layout) if len(frame) else None
     for code, formula in formulas:
         if not isinstance(formula, Formula):
             raise TypeError(f"evaluate_in_order() takes Formulas, not {type(formula).__name__}")
