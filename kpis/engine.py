@@ -233,8 +233,11 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
         monthly = _merge_stored_months(monthly, changed)
     values = _derive_grains(monthly, book.behaviour_of, book.fiscal_start)
     lap("measures")
+    # Read before the evaluation starts: a query made while it runs waits for the GIL after it.
+    targets = _Targets(book.kpis, book.fiscal_start)
+    lap("targets")  # reading them; each value gets its own as it is stored
 
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # recompute() holds the transaction
         # The formulas are evaluated while the measure values are written (on PostgreSQL).
         evaluated = _InBackground(lambda stop: _evaluate_kpis(values, book, stop=stop))
         try:
@@ -244,9 +247,7 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
         finally:
             evaluated.stop.set()  # a recompute that failed meanwhile: the evaluation ends too
         lap("formulas")
-        targets = _Targets(book.kpis, book.fiscal_start)
         targets.results = kpi_values
-        lap("targets")  # reading them; each value gets its own as it is stored
         inserted, updated, deleted = _store_kpis(kpi_values, book, run, targets=targets)
         _KPIStates.of(kpi_values.items(), book.versions).write()  # the values are exactly these
         _check_summary(book.fiscal_start)
@@ -327,6 +328,7 @@ def _recompute_changes(
     lap("measures")
 
     evaluated = None
+    targets = None
     if reach.kpis:  # the stored values the results read, but those just recomputed (or gone)
         window = reach.window()
         needed = stored.needed(reach.needs(book))
@@ -334,14 +336,15 @@ def _recompute_changes(
         values.update(measure_rows)
         shape = shape or summary.shape(excluding=[], fiscal_start=fiscal_start)
         outlines = _outlines(_Shape.of(monthly, requested, shape), window, reach, measure_rows, book, shape)
+        # Read before the evaluation starts: a query made while it runs waits for the GIL after it.
+        targets = _Targets(book.kpis, book.fiscal_start)
         # The formulas are evaluated while the measure values are written (on PostgreSQL).
         evaluated = _InBackground(
             lambda stop: _evaluate_kpis(values, book, wanted=reach.evaluated, outlines=outlines, stop=stop)
         )
 
     kpi_rows: dict[KPIKey, _KPIResult] = {}
-    targets = None
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # recompute() holds the transaction
         try:
             _store_measures(written, run, scope=_Scope(MEASURE_KEY, set(written) | gone))
             result.measure_values = len(written) + len(gone)
@@ -350,8 +353,7 @@ def _recompute_changes(
                 for key, (_, note) in written.items()
             ):
                 summary.replaced(periods, rows).write(fiscal_start, summary)
-            if evaluated is not None:
-                targets = _Targets(book.kpis, book.fiscal_start)
+            if evaluated is not None and targets is not None:
                 kpi_values = evaluated.result()
                 lap("formulas")
                 targets.results = kpi_values
@@ -1885,27 +1887,27 @@ def _sync_postgresql(
             # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
             changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
             assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
-            cursor.execute(
-                f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
-                f"SELECT {columns}, %s FROM {stage} "
+            cursor.execute(  # the staged rows are taken out as they go in: the stage is left empty
+                f"WITH staged AS (DELETE FROM {stage} RETURNING {columns}) "  # noqa: S608
+                f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "
+                f"SELECT {columns}, %s FROM staged "
                 f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
                 f"WHERE {changed} RETURNING xmax = 0",
                 [run_id, run_id],
             )
             written = [new for (new,) in cursor.fetchall()]
             inserted, updated = sum(written), len(written) - sum(written)
-        if rows or anti_join:
-            cursor.execute(f"DELETE FROM {stage}")  # noqa: S608 - empty for the next sync
     return inserted, updated, deleted
 
 
 def _stage(cursor, table: str, columns: str, kinds: list[models.Field]) -> str:
-    """A temporary table with these columns of ``table``, empty, to COPY rows into.
+    """A temporary table with these columns of ``table``, empty, to COPY rows into (the sync
+    that fills it takes them out again, and a rollback takes them away).
 
-    It stays for the session (ON COMMIT DELETE ROWS empties it at each commit, a rollback
-    takes its rows away): creating and dropping a table for each sync cost a one-month
-    recompute more than its COPY. Its name holds its columns' names and types, so a table
-    made before a migration changed them is not used after it."""
+    It stays for the session, where creating and dropping a table for each sync cost a
+    one-month recompute more than its COPY (ON COMMIT DELETE ROWS: no rows outlive their
+    transaction). Its name holds its columns' names and types, so a table made before a
+    migration changed them is not used after it."""
     shape = ",".join(f"{kind.column} {kind.db_type(connection)}" for kind in kinds)
     stage = f"{table}_stage_{zlib.crc32(shape.encode()):08x}"
     cursor.execute(
