@@ -278,6 +278,7 @@ def _recompute_changes(
     """
     stored = _StoredMeasures()
     shape: _StoredShape | None = None
+    derived: Values | None = None  # the changed months' quarters and years
     fiscal_start = book.fiscal_start
     if requested is None:  # every month was re-aggregated: compare them all with storage
         monthly = fresh
@@ -287,12 +288,8 @@ def _recompute_changes(
         reshaped = _reshaped(_Shape.of(stored_months, None, None), _Shape.of(monthly, None, None))
     else:  # the other months are as stored
         asked = set(requested)
-        # One read: the months of the requested months' fiscal years (their quarters and years
-        # are re-derived from them), and those quarters and years as stored.
-        stored.get(
-            {("month", month) for month in _year_months(asked, fiscal_start)}
-            | {(grain, grain_start(month, grain, fiscal_start)) for month in asked for grain in GRAINS}
-        )
+        # One read: the requested months, and their quarters and years, as stored.
+        stored.get({(grain, grain_start(month, grain, fiscal_start)) for month in asked for grain in GRAINS})
         before = stored.get(("month", month) for month in asked)
         changed = {key[4] for key, (value, note) in fresh.items() if before.get(key) != (value, note[:300])}
         changed.update(key[4] for key in before.keys() - fresh.keys())
@@ -305,12 +302,20 @@ def _recompute_changes(
         for scenario_id in old_ranges.keys() | new_ranges.keys():  # months entering or leaving the range
             old = set(month_range(*old_ranges[scenario_id])) if scenario_id in old_ranges else set()
             changed |= old ^ loaded.get(scenario_id, set())
-        around = stored.get(("month", month) for month in _year_months(changed, fiscal_start))
-        monthly = {key: value for key, value in around.items() if key[4] not in asked}
-        monthly.update(fresh)
+        derived = None
+        if changed <= asked:  # no month outside them entered or left a data range
+            derived = _derived_from_changes(fresh, before, stored, changed, book, summary)
+        if derived is None:  # from the months of their fiscal years
+            around = stored.get(("month", month) for month in _year_months(changed, fiscal_start))
+            monthly = {key: value for key, value in around.items() if key[4] not in asked}
+            monthly.update(fresh)
+        else:
+            monthly = fresh
     periods = {grain: {grain_start(month, grain, fiscal_start) for month in changed} for grain in GRAINS}
     measure_rows = {key: value for key, value in monthly.items() if key[4] in changed}
-    measure_rows.update(_derive_grains(monthly, book.behaviour_of, fiscal_start, periods, loaded))
+    if derived is None:
+        derived = _derive_grains(monthly, book.behaviour_of, fiscal_start, periods, loaded)
+    measure_rows.update(derived)
     # What differs from storage, exactly: only that is written. When no value appeared or went
     # (the periods with data are as they were), only the KPIs that read a changed measure can
     # change, and no stored KPI value can be left without a period.
@@ -1260,6 +1265,56 @@ def _derive_grains(
         value = months[-1][1] if measure_id in balances else sum((v for _, v, _ in months), Decimal(0))
         values[key] = (value, partial_note(scenario_id, grain, start))
     return values
+
+
+def _derived_from_changes(
+    fresh: Values,
+    before: Values,
+    stored: _StoredMeasures,
+    changed: set[date],
+    book: _Book,
+    summary: _Summary,
+) -> Values | None:
+    """The quarter and year values of the changed months, from their stored values and what
+    the months changed, without reading their other months: what ``_derive_grains`` gives
+    from all of them, when the changed months have the same series as stored, a value that
+    changed was and is a number, and so is its quarter's and year's stored value. (Month
+    values have six decimals, as stored: sums of them are exact.) Then a flow's quarter or year
+    moves by the months' changes, and a balance takes the new value of its last month with
+    data, if that is a changed month; partial notes stay, as every scenario's data range is
+    as it was. None when it cannot be done so.
+    """
+    fiscal_start = book.fiscal_start
+    now = {key: value for key, value in fresh.items() if key[4] in changed}
+    then = {key: value for key, value in before.items() if key[4] in changed}
+    if now.keys() != then.keys():
+        return None
+    starts = {
+        month: [(grain, grain_start(month, grain, fiscal_start)) for grain in ("quarter", "year")]
+        for month in changed
+    }
+    out = stored.get(pair for month in changed for pair in starts[month])  # every series' own
+    balances = {m.pk for m in book.measures if m.time_behaviour == "balance"}
+    for key, (value, note) in now.items():
+        old, old_note = then[key]
+        if value == old and note[:300] == old_note:
+            continue  # this series' quarter and year stay as they are
+        if value is None or old is None:
+            return None
+        measure_id, scenario_id, entity_id, _grain, month = key
+        for grain, start in starts[month]:
+            derived = (measure_id, scenario_id, entity_id, grain, start)
+            total, derived_note = out.get(derived, (None, ""))
+            if total is None:
+                return None
+            if measure_id not in balances:
+                out[derived] = (total + value - old, derived_note)
+                continue
+            first, size = _month_number(start), len(grain_months(start, grain))
+            months = summary.months.get((measure_id, scenario_id, entity_id), ())
+            if max(number for number in months if first <= number < first + size) == _month_number(month):
+                out[derived] = (value, derived_note)  # its last month with data
+    return out
 
 
 def _loaded_months(monthly: Values) -> dict[int, set[date]]:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from finops.loading import load_financial_facts, rebuild_ledger_totals, update_ledger_totals
 from finops.models import Entity, FinancialFact, RefreshRun, Scenario
+from kpis import engine
 from kpis.definitions import import_definitions
 from kpis.engine import EngineResult, _delete_keys, _insert_rows, recompute
 from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, StoredKPIState, StoredSeries, Target
@@ -206,6 +207,56 @@ def test_one_changed_month_writes_only_what_it_reaches(company):
         "yoy",  # the rest of the fiscal year to date, and next year's last_year()
     }
     assert result.kpi_values < KPIValue.objects.count() / 2
+    assert snapshot() == from_scratch()
+
+
+def test_a_changed_months_quarter_and_year_move_by_its_change_without_reading_their_other_months(
+    company, monkeypatch
+):
+    """Sales (a flow) and receivables (a balance) of the US change in February and March 2023:
+    the first quarter and the year move by the changes from their stored values (the
+    quarter's balance is March's, the year's December's, which did not change), without the
+    year's other months being read, and as a full recompute finds."""
+    company.book(facts(4))
+    refreshed()
+    settle()
+    february, march = date(2023, 2, 1), date(2023, 3, 1)
+
+    def us_actual() -> dict[tuple[str, str, date], Decimal]:
+        rows = MeasureValue.objects.filter(
+            measure__code__in=["net_sales", "receivables"], entity__code="US", scenario__code="actual"
+        ).values_list("measure__code", "grain", "period", "value")
+        return {(code, grain, period): value for code, grain, period, value in rows}
+
+    old = us_actual()
+    read: list[tuple[str, date]] = []
+    real_get = engine._StoredMeasures.get
+
+    def get(self, pairs):
+        pairs = set(pairs)
+        read.extend(pairs)
+        return real_get(self, pairs)
+
+    monkeypatch.setattr(engine._StoredMeasures, "get", get)
+    rows = []
+    for row in facts(4):
+        month, entity, account, amount = row[:4]
+        if month not in ("2023-02", "2023-03"):
+            continue
+        if len(row) == 4 and entity == "US" and account in ("4100", "1200"):
+            amount = str(int(amount) + 100)
+        rows.append((month, entity, account, amount, *row[4:]))
+    company.book(rows)
+    refreshed(months=[february, march])
+    assert ("month", date(2023, 1, 1)) not in read and ("month", date(2023, 12, 1)) not in read
+    new = us_actual()
+    start = date(2023, 1, 1)  # of the first quarter and of the (calendar) fiscal year
+    assert new[("net_sales", "month", march)] == old[("net_sales", "month", march)] + 100
+    assert new[("net_sales", "quarter", start)] == old[("net_sales", "quarter", start)] + 200
+    assert new[("net_sales", "year", start)] == old[("net_sales", "year", start)] + 200
+    assert new[("receivables", "quarter", start)] == old[("receivables", "quarter", start)] + 100
+    assert new[("receivables", "year", start)] == old[("receivables", "year", start)]  # December's
+    monkeypatch.setattr(engine._StoredMeasures, "get", real_get)
     assert snapshot() == from_scratch()
 
 
