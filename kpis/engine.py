@@ -276,7 +276,7 @@ def _recompute_changes(
     years are re-derived, and each KPI is evaluated and written only for the periods they can
     reach (``_Reach``), or everywhere for a KPI whose definition changed.
     """
-    stored = _StoredMeasures()
+    stored = _StoredMeasures(summary.months)
     shape: _StoredShape | None = None
     derived: Values | None = None  # the changed months' quarters and years
     fiscal_start = book.fiscal_start
@@ -793,23 +793,25 @@ class _Reach:
 
 
 class _StoredMeasures:
-    """Stored measure values, read by (grain, period) as they are needed, each pair once."""
+    """Stored measure values, read by (grain, period) as they are needed, each pair once.
 
-    def __init__(self) -> None:
+    ``series`` are those of the stored values (from ``_Summary``): on PostgreSQL a read names
+    their scenarios and entities, so that it goes through the (scenario, entity, grain,
+    period) index rather than through every stored value."""
+
+    def __init__(self, series: Iterable[SeriesKey]) -> None:
         self.by_period: dict[tuple[str, date], Values] = defaultdict(dict)
         self.pairs: set[tuple[str, date]] = set()  # read
+        self.series = list(series)
 
     def get(self, pairs: Iterable[tuple[str, date]]) -> Values:
         """The stored values of these (grain, period) pairs."""
         pairs = set(pairs)
         missing = sorted(pairs - self.pairs)
         if missing:
-            found = models.Q(pk__in=[])
-            for grain in GRAINS:
-                starts = [period for name, period in missing if name == grain]
-                if starts:
-                    found |= models.Q(grain=grain, period__in=starts)
-            self._add(MeasureValue.objects.filter(found))
+            by_period = self.by_period
+            for m, s, e, g, p, value, note in self._read(missing):
+                by_period[(g, p)][(m, s, e, g, p)] = (value, note)
             self.pairs.update(missing)
         out: Values = {}
         for pair in pairs:
@@ -817,22 +819,18 @@ class _StoredMeasures:
         return out
 
     def needed(self, needs: dict[str, dict[int, tuple[date, date] | None]]) -> Values:
-        """Stored values of each grain and measure, within their periods (None: all); the
-        (grain, period) pairs read before are not read again."""
+        """Stored values of each grain and measure, within their periods (None: all); those of
+        the (grain, period) pairs read before come from what was read then."""
         grouped: dict[tuple[str, tuple[date, date] | None], list[int]] = defaultdict(list)
         for grain, measures in needs.items():
             for measure_id, bounds in measures.items():
                 grouped[(grain, bounds)].append(measure_id)
-        found = models.Q(pk__in=[])
-        for (grain, bounds), measure_ids in grouped.items():
-            where = models.Q(grain=grain, measure_id__in=sorted(measure_ids))
-            found |= where if bounds is None else where & models.Q(period__range=bounds)
-        known = defaultdict(list)
-        for grain, period in self.pairs:
-            known[grain].append(period)
-        for grain, periods in known.items():
-            found &= ~models.Q(grain=grain, period__in=sorted(periods))
-        out = _rows(MeasureValue.objects.filter(found))
+        pairs = self.pairs
+        out = {
+            (m, s, e, g, p): (value, note)
+            for m, s, e, g, p, value, note in _needed_rows(grouped)
+            if (g, p) not in pairs  # those read before are below
+        }
         for (grain, period), values in self.by_period.items():
             for key, value in values.items():
                 bounds = needs[grain].get(key[0], False) if grain in needs else False
@@ -840,10 +838,58 @@ class _StoredMeasures:
                     out[key] = value
         return out
 
-    def _add(self, query: models.QuerySet) -> None:
-        by_period = self.by_period
-        for m, s, e, g, p, value, note in _fetch(query):
-            by_period[(g, p)][(m, s, e, g, p)] = (value, note)
+    def _read(self, pairs: list[tuple[str, date]]) -> Iterable[tuple]:
+        starts = {grain: [period for name, period in pairs if name == grain] for grain in GRAINS}
+        if connection.vendor != "postgresql":
+            found = models.Q(pk__in=[])
+            for grain, periods in starts.items():
+                if periods:
+                    found |= models.Q(grain=grain, period__in=periods)
+            return _fetch(MeasureValue.objects.filter(found))
+        if not self.series:
+            return []
+        conditions = [
+            ("(grain = %s AND period = ANY(%s))", [grain, periods])
+            for grain, periods in starts.items()
+            if periods
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT measure_id, scenario_id, entity_id, grain, period, value, note "  # noqa: S608
+                f"FROM {MeasureValue._meta.db_table} WHERE scenario_id = ANY(%s) AND entity_id = ANY(%s) "
+                f"AND ({' OR '.join(sql for sql, _ in conditions)})",
+                [
+                    sorted({scenario for _, scenario, _ in self.series}),
+                    sorted({entity for _, _, entity in self.series}),
+                    *(param for _, params in conditions for param in params),
+                ],
+            )
+            return cursor.fetchall()
+
+
+def _needed_rows(grouped: dict[tuple[str, tuple[date, date] | None], list[int]]) -> Iterable[tuple]:
+    """(measure, scenario, entity, grain, period, value, note) of the stored values of these
+    measures (grouped by grain and periods, None: all). On PostgreSQL in plain SQL: the ORM
+    took longer to build and compile the query than the database to run it."""
+    if connection.vendor != "postgresql":
+        found = models.Q(pk__in=[])
+        for (grain, bounds), measure_ids in grouped.items():
+            where = models.Q(grain=grain, measure_id__in=sorted(measure_ids))
+            found |= where if bounds is None else where & models.Q(period__range=bounds)
+        return _fetch(MeasureValue.objects.filter(found))
+    if not grouped:
+        return []
+    conditions, params = [], []
+    for (grain, bounds), measure_ids in grouped.items():
+        conditions.append("(measure_id = ANY(%s) AND grain = %s AND period BETWEEN %s AND %s)")
+        params += [sorted(measure_ids), grain, *(bounds or (date.min, date.max))]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT measure_id, scenario_id, entity_id, grain, period, value, note "  # noqa: S608
+            f"FROM {MeasureValue._meta.db_table} WHERE {' OR '.join(conditions)}",
+            params,
+        )
+        return cursor.fetchall()
 
 
 def _year_months(months: Iterable[date], fiscal_start: int) -> set[date]:
@@ -1375,18 +1421,19 @@ def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = 
     """The frame of each grain. A measure that always reads one scenario (a budget measure)
     takes that scenario's values in every series, and every series has it."""
     code_of = {m.pk: m.code for m in book.measures}
-    count = len(values)
-    keys = list(values)
-    month_of = {period: _month_number(period) for period in {key[4] for key in keys}}
-    measure = np.fromiter((key[0] for key in keys), np.int64, count)
-    scenario = np.fromiter((key[1] for key in keys), np.int64, count)
-    entity = np.fromiter((key[2] for key in keys), np.int64, count)
-    grain = np.array([key[3] for key in keys], dtype=object)
-    month = np.fromiter((month_of[key[4]] for key in keys), np.int64, count)
-    numbers = np.fromiter(
-        (math.nan if value is None else float(value) for value, _ in values.values()), np.float64, count
-    )
-    partial = np.fromiter((note.startswith("partial") for _, note in values.values()), bool, count)
+    if values:  # each key's and value's parts as columns
+        measures, scenarios, entities, grains, periods = zip(*values, strict=True)
+        amounts, notes = zip(*values.values(), strict=True)
+    else:
+        measures = scenarios = entities = grains = periods = amounts = notes = ()
+    month_of = {period: _month_number(period) for period in set(periods)}
+    measure = np.array(measures, dtype=np.int64)
+    scenario = np.array(scenarios, dtype=np.int64)
+    entity = np.array(entities, dtype=np.int64)
+    grain = np.array(grains, dtype=object)
+    month = np.array([month_of[period] for period in periods], dtype=np.int64)
+    numbers = np.array([math.nan if value is None else float(value) for value in amounts], dtype=np.float64)
+    partial = np.array([note.startswith("partial") for note in notes], dtype=bool)
     frames = {}
     for name in GRAINS:
         chosen = grain == name
@@ -1533,9 +1580,9 @@ def _evaluate_kpis(
         ):
             if stop is not None and stop.is_set():
                 raise _Stopped
-            kpi = by_code[code]
+            kpi_id = by_code[code].pk
             columns[code] = numbers
-            periods = wanted(kpi.pk, grain) if wanted is not None else None
+            periods = wanted(kpi_id, grain) if wanted is not None else None
             if periods is not None and not periods:
                 continue
             chosen = None if periods is None else frozenset(periods)
@@ -1558,7 +1605,7 @@ def _evaluate_kpis(
                 lacking = stacked.missing.get((scenario_id, entity_id), ())
                 given = next(inputs) if inputs is not None else ()
                 empty = value != value  # NaN: empty
-                out[(kpi.pk, scenario_id, entity_id, grain, starts[i])] = _KPIResult(
+                out[(kpi_id, scenario_id, entity_id, grain, starts[i])] = _KPIResult(
                     value=None if empty else value,
                     reason=(why[n] or "") if empty else "",
                     inputs={
