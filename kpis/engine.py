@@ -1608,8 +1608,8 @@ def _evaluate_kpis(
                 out[(kpi_id, scenario_id, entity_id, grain, starts[i])] = _KPIResult(
                     value=None if empty else value,
                     reason=(why[n] or "") if empty else "",
-                    inputs={
-                        name: (None if number != number else number)
+                    inputs={  # six decimals are enough to see where a value comes from
+                        name: (None if number != number else round(number, 6))
                         for name, number in zip(names, given, strict=True)
                         if name not in lacking
                     },
@@ -1807,7 +1807,7 @@ class _KPIRows(Mapping[KPIKey, tuple]):
             result.status,
             result.status_reason[:300],
             self._versions[key[0]],
-            {name: (None if v is None else round(v, 6)) for name, v in result.inputs.items()},
+            result.inputs,  # rounded as they were evaluated
             result.partial,
         )
 
@@ -2116,28 +2116,35 @@ def _csv_column(column: tuple, kind: models.Field | None) -> list[str]:
         shown = {day: day.isoformat() for day in set(column) if day is not None}
         return [shown.get(day, "") for day in column]
     if isinstance(kind, models.JSONField):
-        return ['"' + _json(value).replace('"', '""') + '"' for value in column]
+        return [_json_field(value) for value in column]
     if isinstance(kind, models.BooleanField):
         return ["" if value is None else "t" if value else "f" for value in column]
     return ["" if value is None else str(value) for value in column]  # numbers: str() is exact
 
 
-def _json(value) -> str:
-    """JSON text of a value; the inputs of a KPI value ({code: number or None}) are written
-    directly (codes are identifiers, numbers finite), as json.dumps would write them."""
-    if not isinstance(value, dict):
-        return json.dumps(value)
-    parts = []
-    for name, number in value.items():
-        if not (isinstance(name, str) and name.isidentifier()):
-            return json.dumps(value)
-        if number is None:
-            parts.append(f'"{name}": null')
-        elif type(number) is float and math.isfinite(number):
-            parts.append(f'"{name}": {number!r}')
+def _json_field(value) -> str:
+    """JSON text of a value as a quoted CSV field (each " doubled), as json.dumps would write
+    it. The inputs of a KPI value ({code: number or None}, codes identifiers, numbers finite)
+    are written directly, the quotes doubled as they are written: there is one per KPI value."""
+    if isinstance(value, dict):
+        parts = []
+        for name, number in value.items():
+            if name not in _PLAIN_NAMES:
+                if not (isinstance(name, str) and name.isidentifier()):
+                    break
+                _PLAIN_NAMES.add(name)
+            if number is None:
+                parts.append(f'""{name}"": null')
+            elif type(number) is float and math.isfinite(number):
+                parts.append(f'""{name}"": {number!r}')
+            else:
+                break
         else:
-            return json.dumps(value)
-    return "{" + ", ".join(parts) + "}"
+            return '"{' + ", ".join(parts) + '}"'
+    return '"' + json.dumps(value).replace('"', '""') + '"'
+
+
+_PLAIN_NAMES: set[str] = set()  # names seen to be identifiers (KPI and measure codes)
 
 
 def _changed_sql(model: type[models.Model], name: str, *, new: str) -> str:

@@ -63,7 +63,12 @@ def grouped(number: float, places: int, separators: Separators | None = None) ->
         )
         # A small negative rounds to "-0.0": keep the sign, it says which side of zero it is.
         return "-" + shown if text.startswith("-") and not shown.startswith("-") else shown
-    return f"{number:,.{places}f}".translate({ord(","): thousands, ord("."): decimal})
+    text = f"{number:,.{places}f}"
+    return (
+        text
+        if (decimal, thousands) == (".", ",")
+        else text.translate({ord(","): thousands, ord("."): decimal})
+    )
 
 
 @lru_cache(maxsize=64)

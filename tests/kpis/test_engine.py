@@ -1,6 +1,7 @@
 """The engine with numbers worked by hand: grains, flows and balances, the fiscal year,
 currencies, division by zero, targets and statuses, lineage, incremental recompute."""
 
+import csv
 import json
 from datetime import date
 from decimal import Decimal
@@ -287,7 +288,7 @@ def _snapshot():
 
 
 def test_kpi_inputs_are_written_as_json_dumps_would_write_them():
-    from kpis.engine import _json
+    from kpis.engine import _json_field
 
     for value in (
         {"revenue": 1234.5, "cost": None, "days": 31.0},
@@ -297,7 +298,8 @@ def test_kpi_inputs_are_written_as_json_dumps_would_write_them():
         {"x": 1},
         [1, 2],
     ):
-        assert _json(value) == json.dumps(value)
+        assert _json_field(value) == '"' + json.dumps(value).replace('"', '""') + '"'
+        assert next(csv.reader([_json_field(value)])) == [json.dumps(value)]
 
 
 def test_stored_numbers_compare_by_their_postgresql_text():
