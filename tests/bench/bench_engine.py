@@ -20,7 +20,9 @@ half): each repetition does the same work from the same state.
   each repetition) and then again with nothing changed: bar <= 1.5 x;
 - ``recompute(months=[m])`` after one month's amounts changed (+1 %, again before each
   repetition), for the latest month (the nightly case) and for a month 2.5 years back (a
-  restatement), against each full recompute: bar <= 0.1 x;
+  restatement), against the full recompute of every KPI (the first run): bar <= 0.1 x. The
+  same against the second run is printed for information: that run recomputes no KPI (it
+  finds every month as stored), so it is no full recompute to hold the bar against;
 - the peak RSS of a fresh process doing a full recompute at a fifth of the rows and at all
   of them: bar, it does not grow with the row count.
 
@@ -822,15 +824,15 @@ def main() -> int:
         ("full recompute, second run / GROUP BY scan", second_seconds / scan_seconds, BAR_FULL),
     ]
     for month, (_, seconds, _, _) in one_month.items():
-        for which, full in (("first", first_seconds), ("second", second_seconds)):
-            bars.append(
-                (f"{month:%b %Y} recompute / full recompute ({which} run)", seconds / full, BAR_INCREMENTAL)
-            )
+        bars.append((f"{month:%b %Y} recompute / full recompute", seconds / first_seconds, BAR_INCREMENTAL))
     bars.append((f"peak RSS at {args.rows:,} / at {small:,} rows", memory_ratio, BAR_MEMORY))
     verdicts = [ratio <= bar for _, ratio, bar in bars]
     width = max(len(text) for text, _, _ in bars) + 2
     for (text, ratio, bar), ok in zip(bars, verdicts, strict=True):
         print(f"  {text:<{width}} = {ratio:6.3f} x   (bar <= {bar})   {verdict(ok)}")
+    for month, (_, seconds, _, _) in one_month.items():
+        text = f"{month:%b %Y} recompute / second run"
+        print(f"  {text:<{width}} = {seconds / second_seconds:6.3f} x   (information: it recomputes no KPI)")
     unchanged = check.kpi_updated == 0 and check.kpi_inserted == 0 and check.kpi_deleted == 0
     verdicts.append(unchanged)
     print(f"  {'full recompute after the one-month ones writes nothing':<{width}}   {verdict(unchanged)}")
