@@ -78,7 +78,6 @@ def financial_totals(measures: Iterable[Measure], months: list[date] | None = No
         return {}
     signs = account_signs()
     departments = department_subtrees() if any(measure.department_id for measure in measures) else {}
-    scenarios = list(Scenario.objects.values_list("pk", flat=True))
     accounts_of: dict[int, list[int]] = defaultdict(list)  # one query, not one per measure
     named = Measure.accounts.through.objects.filter(measure_id__in=[measure.pk for measure in measures])
     for measure_id, account_id in named.order_by("account__sort_order", "account__code").values_list(
@@ -105,6 +104,7 @@ def financial_totals(measures: Iterable[Measure], months: list[date] | None = No
     if months:
         where = f"WHERE f.period IN ({', '.join(['%s'] * len(months))})"
         params.extend(months)
+        scenarios = list(Scenario.objects.values_list("pk", flat=True))
         if connection.vendor == "postgresql" and scenarios:
             # Lets PostgreSQL use the (scenario, period, account) index for a few months.
             where += f" AND f.scenario_id IN ({', '.join(['%s'] * len(scenarios))})"
@@ -148,7 +148,7 @@ def _from_ledger_totals(mapping: list[tuple[int, int, int, int]], months: list[d
         FROM {LedgerTotal._meta.db_table} t JOIN map m ON m.account_id = t.account_id {where}
         GROUP BY m.measure_id, t.scenario_id, t.entity_id, t.period
     """  # noqa: S608 - only placeholders and our own table name are interpolated
-    return _fetch(sql, params)
+    return _fetch(sql, params, big=not months)  # a few months of totals: a small query
 
 
 def operational_totals(measures: Iterable[Measure], months: list[date] | None = None) -> MonthlyTotals:
@@ -187,12 +187,19 @@ def operational_totals(measures: Iterable[Measure], months: list[date] | None = 
     return totals
 
 
-def _fetch(sql: str, params: list) -> MonthlyTotals:
-    with transaction.atomic(), connection.cursor() as cursor:
-        restore = big_query_settings(cursor, WORK_MEM)
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-        restore()
+def _fetch(sql: str, params: list, *, big: bool = True) -> MonthlyTotals:
+    """The query's totals; ``big``: it scans the facts, with the settings for that (a
+    savepoint puts them back if it fails)."""
+    if not big:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+    else:
+        with transaction.atomic(), connection.cursor() as cursor:
+            restore = big_query_settings(cursor, WORK_MEM)
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            restore()
     return {
         (measure_id, scenario_id, entity_id, _as_date(period)): _as_decimal(total)
         for measure_id, scenario_id, entity_id, period, total in rows

@@ -512,15 +512,16 @@ class _Trust:
         definition or targets changed since, or whose stored values do not match its formula
         version, is dirty (and so is every KPI that uses it). Definitions change through the
         services, which record each KPI change."""
-        previous = (
+        previous = (  # its status and start (not its steps and messages)
             RefreshRun.objects.exclude(finished_at=None)
             .exclude(pk=run.pk if run is not None else None)
             .order_by("-finished_at")
+            .values_list("status", "started_at")
             .first()
         )
-        if previous is None or previous.status != RefreshRun.Status.SUCCEEDED:
+        if previous is None or previous[0] != RefreshRun.Status.SUCCEEDED:
             return None
-        since = previous.started_at - TRUST_MARGIN
+        since = previous[1] - TRUST_MARGIN
         if Measure.objects.filter(updated_at__gte=since).exists():
             return None
         states = _KPIStates.read()
