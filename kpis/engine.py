@@ -1445,15 +1445,11 @@ def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = 
             continue
         if outline is None:
             outline = _outline_of(
-                [code_of[pk] for pk in measure[chosen]],
-                scenario[chosen],
-                entity[chosen],
-                month[chosen],
-                partial[chosen],
+                measure[chosen], scenario[chosen], entity[chosen], month[chosen], partial[chosen], code_of
             )
         if outline.series:
             frames[name] = _stack(
-                [code_of[pk] for pk in measure[chosen]],
+                measure[chosen],
                 scenario[chosen],
                 entity[chosen],
                 month[chosen],
@@ -1461,6 +1457,7 @@ def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = 
                 STEP[name],
                 book.fixed_scenario,
                 outline,
+                code_of,
             )
     return frames
 
@@ -1470,24 +1467,47 @@ def _month_number(period: date) -> int:
 
 
 def _outline_of(
-    codes: list[str], scenario: np.ndarray, entity: np.ndarray, month: np.ndarray, partial: np.ndarray
+    measure: np.ndarray,
+    scenario: np.ndarray,
+    entity: np.ndarray,
+    month: np.ndarray,
+    partial: np.ndarray,
+    code_of: dict[int, str],
 ) -> _Outline:
-    """The outline of series whose values are all there."""
-    periods: dict[tuple[int, int, int], bool] = {}
-    series: dict[tuple[int, int], tuple[set[str], int, int]] = {}
-    for code, *key, is_partial in zip(
-        codes, scenario.tolist(), entity.tolist(), month.tolist(), partial.tolist(), strict=True
-    ):
-        key = tuple(key)
-        periods[key] = periods.get(key, False) or is_partial
-        has, first, last = series.get(key[:2], (set(), key[2], key[2]))
-        has.add(code)
-        series[key[:2]] = (has, min(first, key[2]), max(last, key[2]))
+    """The outline of series whose values are all there (one row per value: its measure id,
+    scenario, entity, month number and whether it is partial)."""
+    if not len(measure):
+        return _Outline({}, {})
+    span = int(entity.max()) + 1
+    pair_keys, pair = np.unique(scenario * span + entity, return_inverse=True)
+    pair = pair.reshape(-1)
+    count = len(pair_keys)
+    first = np.full(count, np.iinfo(np.int64).max)
+    last = np.full(count, np.iinfo(np.int64).min)
+    np.minimum.at(first, pair, month)
+    np.maximum.at(last, pair, month)
+    has: list[set[str]] = [set() for _ in range(count)]
+    ids = int(measure.max()) + 1
+    for combined in np.unique(pair * ids + measure).tolist():
+        has[combined // ids].add(code_of[combined % ids])
+    labels = [(key // span, key % span) for key in pair_keys.tolist()]
+    series = {
+        label: (has[n], start, end)
+        for n, (label, start, end) in enumerate(zip(labels, first.tolist(), last.tolist(), strict=True))
+    }
+    months = int(month.max()) + 1
+    period_keys, period = np.unique(pair * months + month, return_inverse=True)
+    flagged = np.zeros(len(period_keys), dtype=bool)
+    np.logical_or.at(flagged, period.reshape(-1), partial)
+    periods = {
+        (*labels[key // months], key % months): is_partial
+        for key, is_partial in zip(period_keys.tolist(), flagged.tolist(), strict=True)
+    }
     return _Outline(series, periods)
 
 
 def _stack(
-    codes: list[str],
+    measure: np.ndarray,
     scenario: np.ndarray,
     entity: np.ndarray,
     month: np.ndarray,
@@ -1495,9 +1515,15 @@ def _stack(
     step: int,
     fixed: dict[str, int],
     outline: _Outline,
+    code_of: dict[int, str],
 ) -> _Frame:
+    """One grain's frame from its values (one row per value: measure id, scenario, entity,
+    month number, number): each series from its first to its last period in ``outline``."""
+    present = np.unique(measure).tolist()
     columns = sorted(
-        {code for has, _, _ in outline.series.values() for code in has} | set(codes) | set(fixed)
+        {code for has, _, _ in outline.series.values() for code in has}
+        | {code_of[pk] for pk in present}
+        | set(fixed)
     )
     pairs = sorted(key for key, (_, first, last) in outline.series.items() if first <= last)
     first = np.array([outline.series[pair][1] for pair in pairs], dtype=np.int64)
@@ -1507,8 +1533,9 @@ def _stack(
     rows = int(offsets[-1])
     row_bucket = np.repeat(np.arange(len(pairs)), sizes)
     row_month = first[row_bucket] + step * (np.arange(rows) - offsets[row_bucket])
-    row_scenario = np.array([pair[0] for pair in pairs], dtype=np.int64)[row_bucket]
-    row_entity = np.array([pair[1] for pair in pairs], dtype=np.int64)[row_bucket]
+    pair_scenario = np.array([pair[0] for pair in pairs], dtype=np.int64)
+    pair_entity = np.array([pair[1] for pair in pairs], dtype=np.int64)
+    row_scenario, row_entity = pair_scenario[row_bucket], pair_entity[row_bucket]
     row_of = {
         (s, e, m): r
         for r, (s, e, m) in enumerate(
@@ -1523,22 +1550,35 @@ def _stack(
             own[row], partial_rows[row] = True, is_partial
     data = np.full((rows, len(columns)), np.nan)
     column_of = {code: j for j, code in enumerate(columns)}
-    for code, s_id, e_id, m, number in zip(
-        codes, scenario.tolist(), entity.tolist(), month.tolist(), numbers.tolist(), strict=True
-    ):
-        if code in fixed:
-            continue
-        row = row_of.get((s_id, e_id, m))
-        if row is not None:
-            data[row, column_of[code]] = number
+    # Each value's row: its series' first row plus its periods since the series' first period
+    # (pairs are sorted, and so are their keys); a value outside every series' rows is left out.
+    span = int(max(entity.max(initial=0), pair_entity.max(initial=0))) + 1
+    pair_keys = pair_scenario * span + pair_entity
+    value_keys = scenario * span + entity
+    bucket = np.minimum(np.searchsorted(pair_keys, value_keys), max(len(pairs) - 1, 0))
+    since = month - first[bucket] if len(pairs) else month
+    placed = (
+        (pair_keys[bucket] == value_keys) & (since >= 0) & (month <= last[bucket]) & (since % step == 0)
+        if len(pairs)
+        else np.zeros(len(month), dtype=bool)
+    )
+    column_by_id = np.full(int(measure.max(initial=0)) + 1, -1, dtype=np.int64)
+    for pk in present:
+        if code_of[pk] not in fixed:  # a budget measure: below
+            column_by_id[pk] = column_of[code_of[pk]]
+    column = column_by_id[measure] if len(measure) else np.zeros(0, dtype=np.int64)
+    placed &= column >= 0
+    data[offsets[bucket[placed]] + since[placed] // step, column[placed]] = numbers[placed]
+    id_of = {code: pk for pk, code in code_of.items()}
     for code, source in fixed.items():  # a budget measure: the budget scenario's value of the month
-        lookup = {
-            (e_id, m): number
-            for c, s_id, e_id, m, number in zip(
-                codes, scenario.tolist(), entity.tolist(), month.tolist(), numbers.tolist(), strict=True
+        chosen = (measure == id_of.get(code, -1)) & (scenario == source)
+        lookup = dict(
+            zip(
+                zip(entity[chosen].tolist(), month[chosen].tolist(), strict=True),
+                numbers[chosen].tolist(),
+                strict=True,
             )
-            if c == code and s_id == source
-        }
+        )
         if lookup:
             j = column_of[code]
             for row, key in enumerate(zip(row_entity.tolist(), row_month.tolist(), strict=True)):
