@@ -2045,17 +2045,20 @@ def _sync_postgresql(
 
 def _stage(cursor, table: str, columns: str, kinds: list[models.Field]) -> str:
     """A temporary table with these columns of ``table``, empty, to COPY rows into (the sync
-    that fills it takes them out again, and a rollback takes them away).
+    that fills it takes them out again, a rollback takes them away, and each sync starts by
+    emptying it: a sync whose error was caught may have left its rows).
 
     It stays for the session, where creating and dropping a table for each sync cost a
     one-month recompute more than its COPY (ON COMMIT DELETE ROWS: no rows outlive their
     transaction). Its name holds its columns' names and types, so a table made before a
     migration changed them is not used after it."""
+    if not connection.in_atomic_block:  # autocommit would empty it after each statement
+        raise RuntimeError("a sync through the staging table runs inside a transaction")
     shape = ",".join(f"{kind.column} {kind.db_type(connection)}" for kind in kinds)
     stage = f"{table}_stage_{zlib.crc32(shape.encode()):08x}"
-    cursor.execute(
+    cursor.execute(  # emptied too: a sync that failed after its COPY may have left rows in it
         f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS "  # noqa: S608
-        f"AS SELECT {columns} FROM {table} WITH NO DATA"
+        f"AS SELECT {columns} FROM {table} WITH NO DATA; DELETE FROM {stage}"
     )
     return stage
 

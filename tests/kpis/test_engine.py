@@ -408,6 +408,44 @@ def test_kpi_values_are_copied_in_chunks_of_columns_as_postgresql_reads_csv():
 
 
 @pytest.mark.postgres
+def test_a_sync_never_applies_rows_an_earlier_failed_sync_left_in_the_stage(db, monkeypatch):
+    """The staging table stays for the session: a sync that failed after its COPY (its error
+    caught, the transaction going on) must not have its rows written by the next one, nor kept
+    as present by its anti-join."""
+    from finops.models import Entity, Scenario
+    from kpis import engine
+    from kpis.engine import MEASURE_FIELDS, MEASURE_KEY, _Scope, _sync
+    from kpis.models import Measure
+
+    measure = Measure.objects.create(code="m", name="M", kind="account")
+    scenario = Scenario.objects.get_or_create(code="actual", defaults={"name": "Actual"})[0]
+    entity = Entity.objects.create(code="E", name="E", currency="USD")
+
+    def key(month: int) -> tuple:
+        return (measure.pk, scenario.pk, entity.pk, "month", date(2024, month, 1))
+
+    def stored() -> dict:
+        rows = MeasureValue.objects.values_list(*MEASURE_KEY, "value")
+        return {tuple(row[:5]): row[5] for row in rows}
+
+    _sync(
+        MeasureValue, MEASURE_KEY, MEASURE_FIELDS, {key(1): (Decimal(1), ""), key(2): (Decimal(2), "")}, None
+    )
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("after the COPY")
+
+    monkeypatch.setattr(engine, "_delete_missing", failing)
+    with pytest.raises(RuntimeError):
+        _sync(MeasureValue, MEASURE_KEY, MEASURE_FIELDS, {key(9): (Decimal(9), "")}, None)
+    monkeypatch.undo()
+    _sync(MeasureValue, MEASURE_KEY, MEASURE_FIELDS, {key(1): (Decimal(5), "")}, None)
+    assert stored() == {key(1): Decimal(5)}
+    _sync(MeasureValue, MEASURE_KEY, MEASURE_FIELDS, {}, None, _Scope(("measure_id",), whole={measure.pk}))
+    assert stored() == {}
+
+
+@pytest.mark.postgres
 def test_the_formulas_run_on_a_second_thread_that_never_uses_the_database(sales, monkeypatch):
     """On PostgreSQL a full recompute evaluates the formulas on a second thread while this one
     writes the measure values: only this thread may use the connection (a time limit raised in
