@@ -803,7 +803,9 @@ class _StoredMeasures:
     def __init__(self, series: Iterable[SeriesKey]) -> None:
         self.by_period: dict[tuple[str, date], Values] = defaultdict(dict)
         self.pairs: set[tuple[str, date]] = set()  # read
-        self.series = list(series)
+        keys = list(series)
+        self.scenarios = sorted({scenario for _, scenario, _ in keys})  # of the stored values
+        self.entities = sorted({entity for _, _, entity in keys})
 
     def get(self, pairs: Iterable[tuple[str, date]]) -> Values:
         """The stored values of these (grain, period) pairs."""
@@ -847,7 +849,7 @@ class _StoredMeasures:
                 if periods:
                     found |= models.Q(grain=grain, period__in=periods)
             return _fetch(MeasureValue.objects.filter(found))
-        if not self.series:
+        if not self.scenarios:
             return []
         conditions = [
             ("(grain = %s AND period = ANY(%s))", [grain, periods])
@@ -860,8 +862,8 @@ class _StoredMeasures:
                 f"FROM {MeasureValue._meta.db_table} WHERE scenario_id = ANY(%s) AND entity_id = ANY(%s) "
                 f"AND ({' OR '.join(sql for sql, _ in conditions)})",
                 [
-                    sorted({scenario for _, scenario, _ in self.series}),
-                    sorted({entity for _, _, entity in self.series}),
+                    self.scenarios,
+                    self.entities,
                     *(param for _, params in conditions for param in params),
                 ],
             )
