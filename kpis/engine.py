@@ -1378,7 +1378,7 @@ def _loaded_months(monthly: Values) -> dict[int, set[date]]:
 # --- formulas -----------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _KPIResult:
     value: float | None
     reason: str
@@ -1391,22 +1391,77 @@ class _KPIResult:
 
 
 @dataclass
-class _Frame:
-    """One grain's measure values, every (scenario, entity) series stacked: the evaluator's input.
+class _Part:
+    """One grain's measure values, every (scenario, entity) series stacked.
 
     Each series runs from its first to its last period with data, gaps included; ``own`` marks
     the rows of periods it has data for (only they get KPI values).
     """
 
-    frame: pd.DataFrame  # a column per measure code
-    layout: Layout  # each row's (scenario, entity) series and period
-    data: np.ndarray  # the frame's values, a column per measure code
+    grain: str
+    columns: list[str]  # measure codes
+    data: np.ndarray  # a column per measure code
+    pairs: list[tuple[int, int]]  # the (scenario, entity) series, in order
+    series: np.ndarray  # each row's series (position in ``pairs``)
     scenario: np.ndarray  # of each row
     entity: np.ndarray
     month: np.ndarray  # period start as year * 12 + month - 1
     own: np.ndarray
     partial: np.ndarray  # rows whose period is not fully loaded
-    missing: dict[tuple[int, int], frozenset[str]]  # measure codes a series does not have
+    has: list[frozenset[str]]  # each series' measure codes (with those every series reads)
+
+
+@dataclass
+class _Frame:
+    """Every grain's parts laid end to end: the evaluator's input. Its groups are the
+    (grain, scenario, entity) series, each evaluated at its own grain (``Layout.grains``)."""
+
+    frame: pd.DataFrame  # a column per measure code
+    layout: Layout  # each row's series and period
+    data: np.ndarray  # the frame's values, a column per measure code
+    grain: np.ndarray  # of each row
+    scenario: np.ndarray
+    entity: np.ndarray
+    month: np.ndarray  # period start as year * 12 + month - 1
+    own: np.ndarray
+    partial: np.ndarray  # rows whose period is not fully loaded
+    missing: dict[tuple[str, int, int], frozenset[str]]  # measure codes a series does not have
+
+    @classmethod
+    def of(cls, parts: list[_Part]) -> _Frame:
+        columns = sorted({code for part in parts for code in part.columns})
+        column_of = {code: j for j, code in enumerate(columns)}
+        data = np.full((sum(len(part.month) for part in parts), len(columns)), np.nan)
+        labels: list[tuple[str, int, int]] = []
+        missing: dict[tuple[str, int, int], frozenset[str]] = {}
+        groups, row = [], 0
+        everything = frozenset(columns)
+        for part in parts:
+            data[row : row + len(part.month), [column_of[code] for code in part.columns]] = part.data
+            groups.append(part.series + len(labels))
+            for pair, has in zip(part.pairs, part.has, strict=True):
+                if everything - has:
+                    missing[(part.grain, *pair)] = everything - has
+                labels.append((part.grain, *pair))
+            row += len(part.month)
+        layout = Layout(
+            np.concatenate([part.month for part in parts]),
+            np.concatenate(groups),
+            labels,
+            grains=[label[0] for label in labels],
+        )
+        return cls(
+            pd.DataFrame(data, columns=columns),  # its rows are in ``layout``, not in an index
+            layout,
+            data,
+            np.concatenate([np.full(len(part.month), part.grain, dtype=object) for part in parts]),
+            np.concatenate([part.scenario for part in parts]),
+            np.concatenate([part.entity for part in parts]),
+            layout.months,
+            np.concatenate([part.own for part in parts]),
+            np.concatenate([part.partial for part in parts]),
+            missing,
+        )
 
 
 @dataclass
@@ -1420,9 +1475,9 @@ class _Outline:
     periods: dict[tuple[int, int, int], bool]  # (scenario, entity, month number) -> partial
 
 
-def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = None) -> dict[str, _Frame]:
-    """The frame of each grain. A measure that always reads one scenario (a budget measure)
-    takes that scenario's values in every series, and every series has it."""
+def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = None) -> _Frame | None:
+    """The frame of every grain (None: no series). A measure that always reads one scenario
+    (a budget measure) takes that scenario's values in every series, and every series has it."""
     code_of = {m.pk: m.code for m in book.measures}
     if values:  # each key's and value's parts as columns
         measures, scenarios, entities, grains, periods = zip(*values, strict=True)
@@ -1437,7 +1492,7 @@ def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = 
     month = np.array([month_of[period] for period in periods], dtype=np.int64)
     numbers = np.array([math.nan if value is None else float(value) for value in amounts], dtype=np.float64)
     partial = np.array([note.startswith("partial") for note in notes], dtype=bool)
-    frames = {}
+    parts = []
     for name in GRAINS:
         chosen = grain == name
         if outlines is not None and name not in outlines:
@@ -1450,7 +1505,8 @@ def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = 
                 measure[chosen], scenario[chosen], entity[chosen], month[chosen], partial[chosen], code_of
             )
         if outline.series:
-            frames[name] = _stack(
+            part = _stack(
+                name,
                 measure[chosen],
                 scenario[chosen],
                 entity[chosen],
@@ -1461,7 +1517,9 @@ def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = 
                 outline,
                 code_of,
             )
-    return frames
+            if len(part.month):
+                parts.append(part)
+    return _Frame.of(parts) if parts else None
 
 
 def _month_number(period: date) -> int:
@@ -1509,6 +1567,7 @@ def _outline_of(
 
 
 def _stack(
+    grain: str,
     measure: np.ndarray,
     scenario: np.ndarray,
     entity: np.ndarray,
@@ -1518,7 +1577,7 @@ def _stack(
     fixed: dict[str, int],
     outline: _Outline,
     code_of: dict[int, str],
-) -> _Frame:
+) -> _Part:
     """One grain's frame from its values (one row per value: measure id, scenario, entity,
     month number, number): each series from its first to its last period in ``outline``."""
     present = np.unique(measure).tolist()
@@ -1586,14 +1645,10 @@ def _stack(
             for row, key in enumerate(zip(row_entity.tolist(), row_month.tolist(), strict=True)):
                 if key in lookup:
                     data[row, j] = lookup[key]
-    missing = {}
-    for pair in pairs:
-        lacking = frozenset(columns) - outline.series[pair][0] - set(fixed)
-        if lacking:
-            missing[pair] = lacking
-    frame = pd.DataFrame(data, columns=columns)  # its rows are in ``layout``, not in an index
-    layout = Layout(row_month, row_bucket, pairs)
-    return _Frame(frame, layout, data, row_scenario, row_entity, row_month, own, partial_rows, missing)
+    has = [frozenset(outline.series[pair][0]) | frozenset(fixed) for pair in pairs]
+    return _Part(
+        grain, columns, data, pairs, row_bucket, row_scenario, row_entity, row_month, own, partial_rows, has
+    )
 
 
 def _evaluate_kpis(
@@ -1609,54 +1664,69 @@ def _evaluate_kpis(
     raises ``_Stopped`` (checked before each KPI)."""
     by_code = book.by_code
     out: dict[KPIKey, _KPIResult] = {}
-    for grain, stacked in _frames(values, book, outlines).items():
-        frame = stacked.frame
-        context = book.context(grain, stacked.missing)
-        columns = {name: stacked.data[:, j] for j, name in enumerate(frame.columns)}
-        scenarios, entities = stacked.scenario.tolist(), stacked.entity.tolist()
-        dates = {number: _month_date(number) for number in set(stacked.month.tolist())}
-        starts = [dates[number] for number in stacked.month.tolist()]
-        rows_of: dict[frozenset[date] | None, np.ndarray] = {}  # KPIs mostly want the same periods
-        needed = [(code, book.formulas[code]) for code in _needed(book, grain, wanted)]
-        for code, numbers, reasons in evaluate_in_order(
-            needed, frame, context=context, layout=stacked.layout
-        ):
-            if stop is not None and stop.is_set():
-                raise _Stopped
-            kpi_id = by_code[code].pk
-            columns[code] = numbers
+    stacked = _frames(values, book, outlines)
+    if stacked is None:
+        return out
+    frame = stacked.frame
+    # Every grain in one frame: each formula is evaluated once, each group at its own grain.
+    context = book.context("month", stacked.missing)
+    columns = {name: stacked.data[:, j] for j, name in enumerate(frame.columns)}
+    grains = [grain for grain in GRAINS if grain in set(stacked.layout.grains or ())]
+    at = {grain: stacked.grain == grain for grain in grains}
+    scenarios, entities = stacked.scenario.tolist(), stacked.entity.tolist()
+    dates = {number: _month_date(number) for number in set(stacked.month.tolist())}
+    starts = [dates[number] for number in stacked.month.tolist()]
+    rows_of: dict[tuple[str, frozenset[date] | None], np.ndarray] = {}  # KPIs mostly want the same periods
+    rounded: dict[tuple[str, str, frozenset[date] | None], list[float | None]] = {}
+    missing = stacked.missing
+    needed_at = {grain: _needed(book, grain, wanted) for grain in grains}
+    needed = [
+        (code, book.formulas[code]) for code in book.order if any(code in n for n in needed_at.values())
+    ]
+    for code, numbers, reasons in evaluate_in_order(needed, frame, context=context, layout=stacked.layout):
+        if stop is not None and stop.is_set():
+            raise _Stopped
+        kpi_id = by_code[code].pk
+        columns[code] = numbers
+        names = [name for name in sorted(book.formulas[code].names) if name in columns]
+        for grain in grains:
             periods = wanted(kpi_id, grain) if wanted is not None else None
             if periods is not None and not periods:
                 continue
             chosen = None if periods is None else frozenset(periods)
-            rows = rows_of.get(chosen)
+            rows = rows_of.get((grain, chosen))
             if rows is None:
                 if chosen is None:
-                    rows = np.flatnonzero(stacked.own)
+                    rows = np.flatnonzero(stacked.own & at[grain])
                 else:
                     months = [_month_number(period) for period in chosen]
-                    rows = np.flatnonzero(stacked.own & np.isin(stacked.month, months))
-                rows_of[chosen] = rows
+                    rows = np.flatnonzero(stacked.own & at[grain] & np.isin(stacked.month, months))
+                rows_of[(grain, chosen)] = rows
             if not len(rows):
                 continue
-            names = [name for name in sorted(book.formulas[code].names) if name in columns]
-            inputs = zip(*(columns[name][rows].tolist() for name in names), strict=True) if names else None
+            # Six decimals are enough to see where a value comes from; a column is read by
+            # many KPIs, and rounded once for each set of rows.
+            shown = []
+            for name in names:
+                cached = rounded.get((name, grain, chosen))
+                if cached is None:
+                    cached = rounded[(name, grain, chosen)] = [
+                        None if number != number else round(number, 6)
+                        for number in columns[name][rows].tolist()
+                    ]
+                shown.append(cached)
+            given = list(zip(*shown, strict=True)) if names else [()] * len(rows)
             partial = stacked.partial[rows].tolist()
             why = reasons[rows].tolist()
             for n, (i, value) in enumerate(zip(rows.tolist(), numbers[rows].tolist(), strict=True)):
                 scenario_id, entity_id = scenarios[i], entities[i]
-                lacking = stacked.missing.get((scenario_id, entity_id), ())
-                given = next(inputs) if inputs is not None else ()
+                inputs = dict(zip(names, given[n], strict=True))
+                lacking = missing.get((grain, scenario_id, entity_id)) if missing else None
+                if lacking:
+                    inputs = {name: number for name, number in inputs.items() if name not in lacking}
                 empty = value != value  # NaN: empty
                 out[(kpi_id, scenario_id, entity_id, grain, starts[i])] = _KPIResult(
-                    value=None if empty else value,
-                    reason=(why[n] or "") if empty else "",
-                    inputs={  # six decimals are enough to see where a value comes from
-                        name: (None if number != number else round(number, 6))
-                        for name, number in zip(names, given, strict=True)
-                        if name not in lacking
-                    },
-                    partial=partial[n],
+                    None if empty else value, (why[n] or "") if empty else "", inputs, partial[n]
                 )
     return out
 

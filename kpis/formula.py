@@ -1269,6 +1269,19 @@ def _months_to_days(months: np.ndarray) -> np.ndarray:
     return (months - 1970 * 12).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
 
 
+def _period_labels(months: np.ndarray, step: int, fy_start: int) -> np.ndarray:
+    """Labels of periods of ``step`` months starting at ``months`` (month numbers)."""
+    year, month = months // 12, months % 12 + 1
+    if step == 1:
+        return np.char.add(np.char.add(_MONTH_NAMES[month - 1], " "), year.astype(str))
+    fiscal_year = np.where((fy_start != 1) & (month >= fy_start), year + 1, year)
+    text = np.char.add("FY" if fy_start != 1 else "", fiscal_year.astype(str))
+    if step == 3:
+        quarter = ((month - fy_start) % 12) // 3 + 1
+        text = np.char.add(np.char.add(text, " Q"), quarter.astype(str))
+    return text
+
+
 @dataclass(frozen=True)
 class Layout:
     """Each frame row's group and period, for a caller that built the frame from them: the
@@ -1279,6 +1292,10 @@ class Layout:
     months: np.ndarray  # each row's period start as a month number (year * 12 + month - 1)
     groups: np.ndarray  # each row's group number
     labels: Sequence[Hashable]
+    # Each group's grain ("month", "quarter" or "year"); None: every group has the context's.
+    # One frame can then hold the months, quarters and years of its series, each group
+    # evaluated at its own grain: one pass of each formula instead of one per grain.
+    grains: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -1294,6 +1311,8 @@ class _Range:
     index: np.ndarray  # periods since its group's first period
     months: np.ndarray  # start month (year * 12 + month - 1) of each position
     into_year: np.ndarray  # periods from the start of the fiscal year (0 for the year's first)
+    step: np.ndarray  # months per period of each position (its group's grain)
+    group_step: np.ndarray  # months per period of each group
 
     @classmethod
     def of(cls, index: pd.Index, context: EvalContext, layout: Layout | None = None) -> _Range:
@@ -1313,14 +1332,17 @@ class _Range:
 
     @classmethod
     def _build(cls, index: pd.Index, context: EvalContext, layout: Layout | None = None) -> _Range:
-        step = _STEP[context.grain]
         fy_start = context.fiscal_year_start_month
+        grains: Sequence[str] | None = None
         if layout is not None:
             months, codes, group_labels = layout.months, layout.groups, list(layout.labels)
             if len(months) != len(index) or len(codes) != len(index):
                 raise ValueError("the layout does not have one month and one group per frame row")
             if len(codes) and (codes.min() < 0 or codes.max() >= len(group_labels)):
                 raise ValueError("the layout's groups do not match its group labels")
+            grains = layout.grains
+            if grains is not None and (len(grains) != len(group_labels) or not set(grains) <= _STEP.keys()):
+                raise ValueError("the layout does not give one grain (month, quarter or year) per group")
         elif isinstance(index, pd.MultiIndex):
             months, codes, group_labels = _groups_and_months(index)
         else:
@@ -1328,20 +1350,24 @@ class _Range:
             codes = np.zeros(len(months), dtype=np.int64)
             group_labels = [None]
         groups = len(group_labels)
+        grain_of = grains if grains is not None else [context.grain] * groups
+        group_step = np.array([_STEP[grain] for grain in grain_of], dtype=np.int64)
         if len(np.unique(codes * (int(months.max()) - int(months.min()) + 1) + months)) != len(months):
             raise ValueError("the frame's index has duplicate periods")
         month_of_year = months % 12 + 1
-        if step > 1 and ((month_of_year - fy_start) % step != 0).any():
-            bad = int(months[(month_of_year - fy_start) % step != 0][0])
+        row_step = group_step[codes]
+        off = (month_of_year - fy_start) % row_step != 0
+        if off.any():
+            bad = int(months[off][0])
             raise ValueError(
-                f"{bad // 12}-{bad % 12 + 1:02d} is not the start of a fiscal {context.grain} "
+                f"{bad // 12}-{bad % 12 + 1:02d} is not the start of a fiscal {grain_of[int(codes[off][0])]} "
                 f"(the fiscal year starts in month {fy_start})"
             )
         first = np.full(groups, np.iinfo(np.int64).max)
         last = np.full(groups, np.iinfo(np.int64).min)
         np.minimum.at(first, codes, months)
         np.maximum.at(last, codes, months)
-        sizes = (last - first) // step + 1
+        sizes = (last - first) // group_step + 1
         size = int(sizes.sum())
         if size > _MAX_RANGE:
             raise ValueError(f"the frame spans {size:,} periods; the limit is {_MAX_RANGE:,}")
@@ -1349,6 +1375,7 @@ class _Range:
         group = np.repeat(np.arange(groups, dtype=np.int64), sizes)
         start = bounds[group]
         in_group = np.arange(size, dtype=np.int64) - start
+        step = group_step[group]
         period_months = first[group] + step * in_group
         return cls(
             size=size,
@@ -1356,10 +1383,12 @@ class _Range:
             group_labels=group_labels,
             group=group,
             start=start,
-            rows=bounds[codes] + (months - first[codes]) // step,
+            rows=bounds[codes] + (months - first[codes]) // row_step,
             index=in_group,
             months=period_months,
             into_year=((period_months % 12 + 1 - fy_start) % 12) // step,
+            step=step,
+            group_step=group_step,
         )
 
 
@@ -1381,12 +1410,13 @@ class _Evaluator:
     def __init__(self, frame: pd.DataFrame, context: EvalContext, layout: Layout | None = None) -> None:
         self.frame = frame
         self.context = context
-        self.step = _STEP[context.grain]
-        self.per_year = 12 // self.step  # periods in a year: 12, 4 or 1
         periods = _Range.of(frame.index, context, layout)
         self.size, self.bounds, self.group_labels = periods.size, periods.bounds, periods.group_labels
         self.group, self.start, self.rows = periods.group, periods.start, periods.rows
         self.index, self.months, self.into_year = periods.index, periods.months, periods.into_year
+        # Months per period and periods in a year (12, 4 or 1), at each position and per group.
+        self.step, self.group_step = periods.step, periods.group_step
+        self.per_year = 12 // self.step
         self._labels: np.ndarray | None = None
         self._leaves: dict[tuple[str, _Mode], _Vec] = {}
         self._expanding: list[str] = []
@@ -1413,24 +1443,18 @@ class _Evaluator:
 
     # -- helpers --
 
-    def labels(self, months: np.ndarray | None = None) -> np.ndarray:
-        """Period labels as users see them: 'Mar 2024', 'FY2025 Q1', '2024'."""
-        if months is None:
+    def labels(self, months: np.ndarray | None = None, steps: np.ndarray | None = None) -> np.ndarray:
+        """Period labels as users see them: 'Mar 2024', 'FY2025 Q1', '2024'; of each position,
+        or of ``months`` that are periods of ``steps`` months each."""
+        if months is None or steps is None:
             if self._labels is None:
-                self._labels = self.labels(self.months)
+                self._labels = self.labels(self.months, self.step)
             return self._labels
-        fy_start = self.context.fiscal_year_start_month
-        year, month = months // 12, months % 12 + 1
-        if self.step == 1:
-            text = np.char.add(np.char.add(_MONTH_NAMES[month - 1], " "), year.astype(str))
-        else:
-            fiscal_year = np.where((fy_start != 1) & (month >= fy_start), year + 1, year)
-            prefix = "FY" if fy_start != 1 else ""
-            text = np.char.add(prefix, fiscal_year.astype(str))
-            if self.step == 3:
-                quarter = ((month - fy_start) % 12) // 3 + 1
-                text = np.char.add(np.char.add(text, " Q"), quarter.astype(str))
-        return text.astype(object)
+        out = np.empty(len(months), dtype=object)
+        for step in np.unique(steps).tolist():
+            chosen = steps == step
+            out[chosen] = _period_labels(months[chosen], step, self.context.fiscal_year_start_month)
+        return out
 
     def empty(self, reason: str) -> _Vec:
         return _Vec(np.full(self.size, np.nan), np.full(self.size, reason, dtype=object))
@@ -1463,7 +1487,8 @@ class _Evaluator:
         num = np.where(short, np.nan, vec.num[source])
         why = np.where(short, None, vec.why[source])
         if short.any():
-            needed = self.labels(self.months[short] - periods * self.step)
+            back = np.broadcast_to(periods * self.step, self.size)
+            needed = self.labels(self.months[short] - back[short], self.step[short])
             why[short] = f"not enough history for {function} (needs " + needed + ")"
         return _Vec(num, why)
 
@@ -1599,7 +1624,7 @@ class _Evaluator:
         opening_at = self.window_start(mode) - 1
         history = opening_at < 0
         safe = self.start + np.where(history, 0, opening_at)
-        needed = self.labels(self.months - (self.index - opening_at) * self.step)
+        needed = self.labels(self.months - (self.index - opening_at) * self.step, self.step)
         opening = _Vec(
             np.where(history, np.nan, closing.num[safe]),
             np.where(
@@ -1706,14 +1731,14 @@ class _Evaluator:
         nan = np.isnan(vec.num)
         filled = np.where(nan, 0.0, vec.num)
         if mode == "ytd":
-            fiscal_year = self.index - self.into_year
+            fiscal_year = self.index - self.into_year  # at least 1 - 12
             if len(self.group_labels) > 1:  # one key per group and fiscal year
-                fiscal_year = self.group * (self.size + self.per_year) + fiscal_year + self.per_year
+                fiscal_year = self.group * (self.size + 12) + fiscal_year + 12
             sums = pd.Series(filled).groupby(fiscal_year).cumsum().to_numpy(dtype=float)
         else:
-            width = self.per_year
             sums = np.empty(self.size)
-            for low, high in zip(self.bounds[:-1], self.bounds[1:], strict=True):
+            for low, high, step in zip(self.bounds[:-1], self.bounds[1:], self.group_step, strict=True):
+                width = 12 // int(step)
                 padded = np.concatenate([np.zeros(width - 1), filled[low:high]])
                 sums[low:high] = np.lib.stride_tricks.sliding_window_view(padded, width).sum(axis=1)
         # The latest missing period at or before each row: if it is inside the window, the sum is
@@ -1728,16 +1753,16 @@ class _Evaluator:
         why = np.where(overflow, _OUT_OF_RANGE, why)
         if history.any():
             if mode == "ytd":
-                needed = self.labels(self.months - self.into_year * self.step)
+                needed = self.labels(self.months - self.into_year * self.step, self.step)
                 text = (
                     "not enough history for ytd (needs data from "
                     + needed
                     + ", the start of the fiscal year)"
                 )
             else:
-                text = np.full(
-                    self.size, f"not enough history for ttm (needs {_YEAR_IN_PERIODS[self.step]})", object
-                )
+                text = np.empty(self.size, dtype=object)
+                for step in np.unique(self.step).tolist():
+                    text[self.step == step] = f"not enough history for ttm (needs {_YEAR_IN_PERIODS[step]})"
             why = np.where(history, text, why)
         return _Vec(num, why.astype(object))
 

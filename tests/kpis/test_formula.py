@@ -1337,3 +1337,114 @@ def test_windows_are_linear_over_flows(frame_and_context):
         together = series(evaluate(parse(f"{window}(revenue + cogs)"), frame, context=context))
         apart = series(evaluate(parse(f"{window}(revenue) + {window}(cogs)"), frame, context=context))
         assert np.allclose(together, apart, equal_nan=True, rtol=1e-9, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# several grains in one frame (the engine evaluates months, quarters and years in one pass)
+# --------------------------------------------------------------------------------------------
+
+
+def _grain_rows(grain: str, fy_start: int, seed: int) -> list[tuple[int, int, dict[str, float]]]:
+    """(group, month number, values) rows of two series at ``grain``, with gaps and NaNs."""
+    rng = np.random.default_rng(seed)
+    step = {"month": 1, "quarter": 3, "year": 12}[grain]
+    first = 2021 * 12 + fy_start - 1  # a fiscal year's first month
+    rows = []
+    for group in range(2):
+        count = {"month": 30, "quarter": 10, "year": 6}[grain] - group * 2
+        for n in range(count):
+            if n and rng.random() < 0.1:
+                continue  # a gap
+            values = {name: float(rng.integers(-5, 50)) for name in ("a", "b", "bal")}
+            if rng.random() < 0.1:
+                values["b"] = math.nan
+            rows.append((group, first + (n + group) * step, values))
+    return rows
+
+
+@pytest.mark.parametrize("fy_start", [1, 4, 11])
+def test_one_frame_of_every_grain_gives_what_each_grain_alone_gives(fy_start):
+    from kpis.formula import Layout, evaluate_in_order
+
+    definitions = {"ratio": parse("a / b")}
+    formulas = [
+        ("ratio", definitions["ratio"]),
+        *(
+            (f"f{n}", parse(text))
+            for n, text in enumerate(
+                [
+                    "prev(a) - b",
+                    "last_year(a)",
+                    "ytd(a) / days()",
+                    "ttm(a) / ttm(days())",
+                    "avg_balance(bal)",
+                    "ytd(ratio)",
+                    "ttm(a) / avg_balance(bal)",
+                    "prev(ratio) + last_year(bal)",
+                    "round(ytd(b), 1)",
+                ]
+            )
+        ),
+    ]
+    behaviours = {"a": "flow", "b": "flow", "bal": "balance"}
+
+    def frame_of(rows):
+        return pd.DataFrame([values for _, _, values in rows], columns=["a", "b", "bal"])
+
+    alone, labels, grains, months_, groups, parts = {}, [], [], [], [], []
+    for seed, grain in enumerate(("month", "quarter", "year")):
+        rows = _grain_rows(grain, fy_start, seed)
+        lacking = {(grain, 1): {"bal"}}  # group 1 has no balance column
+        layout = Layout(
+            np.array([month for _, month, _ in rows]),
+            np.array([group for group, _, _ in rows]),
+            [(grain, 0), (grain, 1)],
+        )
+        context = EvalContext(
+            grain=grain, fiscal_year_start_month=fy_start, behaviours=behaviours,
+            definitions=definitions, missing_columns=lacking,
+        )  # fmt: skip
+        alone[grain] = {
+            code: (num, why)
+            for code, num, why in evaluate_in_order(formulas, frame_of(rows), context=context, layout=layout)
+        }
+        groups += [len(labels) + group for group, _, _ in rows]
+        labels += [(grain, 0), (grain, 1)]
+        grains += [grain, grain]
+        months_ += [month for _, month, _ in rows]
+        parts.append(rows)
+
+    merged = Layout(np.array(months_), np.array(groups), labels, grains=grains)
+    context = EvalContext(
+        fiscal_year_start_month=fy_start, behaviours=behaviours, definitions=definitions,
+        missing_columns={(grain, 1): {"bal"} for grain in ("month", "quarter", "year")},
+    )  # fmt: skip
+    frame = frame_of([row for rows in parts for row in rows])
+    together = list(evaluate_in_order(formulas, frame, context=context, layout=merged))
+    for code, num, why in together:
+        start = 0
+        for grain, rows in zip(("month", "quarter", "year"), parts, strict=True):
+            own_num, own_why = alone[grain][code]
+            end = start + len(rows)
+            np.testing.assert_array_equal(num[start:end], own_num, err_msg=f"{code} at {grain}")
+            assert why[start:end].tolist() == own_why.tolist(), f"{code} at {grain}"
+            start = end
+    # The evaluation is not trivially empty: every grain has values and reasons for gaps.
+    for grain, results in alone.items():
+        with_values = [code for code, (num, _) in results.items() if np.isfinite(num).any()]
+        assert len(with_values) >= 7, (grain, with_values)
+    assert any("not enough history" in str(reason) for reason in alone["quarter"]["f1"][1])
+
+
+def test_a_layout_refuses_a_grain_per_group_that_does_not_fit():
+    from kpis.formula import Layout, evaluate_in_order
+
+    frame = pd.DataFrame({"a": [1.0, 2.0]})
+    layout = Layout(np.array([2024 * 12, 2024 * 12 + 1]), np.array([0, 1]), ["x", "y"], grains=["month"])
+    with pytest.raises(ValueError, match="one grain"):
+        list(evaluate_in_order([("k", parse("a"))], frame, context=EvalContext(), layout=layout))
+    misplaced = Layout(
+        np.array([2024 * 12, 2024 * 12 + 1]), np.array([0, 1]), ["x", "y"], grains=["month", "quarter"]
+    )
+    with pytest.raises(ValueError, match="not the start of a fiscal quarter"):
+        list(evaluate_in_order([("k", parse("a"))], frame, context=EvalContext(), layout=misplaced))
