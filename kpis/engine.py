@@ -979,19 +979,20 @@ class _Shape:
         ``monthly``."""
         codes: dict[tuple[int, int], set[int]] = defaultdict(set)
         months: dict[tuple[int, int], tuple[date, date]] = {}
-
-        def add(measure_id: int, series: tuple[int, int], first: date, last: date) -> None:
-            codes[series].add(measure_id)
-            old = months.get(series, (first, last))
-            months[series] = (min(old[0], first), max(old[1], last))
-
         if requested is None:  # ``monthly`` has every month
             rows = [(m, s, e, p, p) for m, s, e, _g, p in monthly]
         else:
             asked = set(requested)
-            rows = stored.ranges + [(m, s, e, p, p) for m, s, e, _g, p in monthly if p in asked]
+            rows = [(m, s, e, p, p) for m, s, e, _g, p in monthly if p in asked]
+            if stored is not None:  # the stored series' shape, found once for every call
+                base = stored.shape
+                codes.update({series: set(ids) for series, ids in base.codes.items()})
+                months.update(base.months)
         for measure_id, scenario_id, entity_id, first, last in rows:
-            add(measure_id, (scenario_id, entity_id), first, last)
+            series = (scenario_id, entity_id)
+            codes[series].add(measure_id)
+            old = months.get(series, (first, last))
+            months[series] = (min(old[0], first), max(old[1], last))
         return cls(dict(codes), months)
 
 
@@ -1014,6 +1015,18 @@ class _StoredShape:
 
     ranges: list[tuple[int, int, int, date, date]]
     periods: dict[tuple[int, int, str, date], bool]
+
+    @functools.cached_property
+    def shape(self) -> _Shape:
+        """The (scenario, entity) series of ``ranges`` as a whole."""
+        codes: dict[tuple[int, int], set[int]] = defaultdict(set)
+        months: dict[tuple[int, int], tuple[date, date]] = {}
+        for measure_id, scenario_id, entity_id, first, last in self.ranges:
+            series = (scenario_id, entity_id)
+            codes[series].add(measure_id)
+            old = months.get(series, (first, last))
+            months[series] = (min(old[0], first), max(old[1], last))
+        return _Shape(dict(codes), months)
 
     def month_ranges(self) -> dict[int, tuple[date, date]]:
         """First and last month with a stored value (leaving those months out), per scenario."""
@@ -1062,23 +1075,33 @@ class _Summary:
         """The stored summary; None when there are stored values without one (stored before the
         engine kept it), or with quarters and years of another fiscal year than ``fiscal_start``
         (when given): only a full recompute, which writes it, can then follow them."""
-        fields = ("measure_id", "scenario_id", "entity_id", "months", "partial", "fiscal_start")
-        rows = list(StoredSeries.objects.values_list(*fields))
+        with connection.cursor() as cursor:  # the JSON as text: series mostly share theirs
+            table = StoredSeries._meta.db_table
+            cursor.execute(
+                "SELECT measure_id, scenario_id, entity_id, CAST(months AS TEXT), "  # noqa: S608
+                f"CAST(partial AS TEXT), fiscal_start FROM {table}"
+            )
+            rows = cursor.fetchall()
         if not rows and MeasureValue.objects.exists():
             return None
         if fiscal_start is not None and any(row[5] != fiscal_start for row in rows):
             return None
         months, partial = {}, {}
-        shared: dict[tuple, frozenset[int]] = {}  # one set for the series with the same months
+        shared: dict[str, frozenset[int]] = {}  # one set for the series with the same months
+        flags: dict[str, frozenset[tuple[str, int]]] = {}
         for measure_id, scenario_id, entity_id, runs, flagged, _fiscal_start in rows:
             series = (measure_id, scenario_id, entity_id)
-            key = tuple(map(tuple, runs))
-            found = shared.get(key)
+            found = shared.get(runs)
             if found is None:
-                found = shared[key] = frozenset(n for first, last in runs for n in range(first, last + 1))
+                found = shared[runs] = frozenset(
+                    n for first, last in json.loads(runs) for n in range(first, last + 1)
+                )
             months[series] = found
-            if flagged:
-                partial[series] = {(grain, number) for grain, number in flagged}
+            marked = flags.get(flagged)
+            if marked is None:
+                marked = flags[flagged] = frozenset((grain, number) for grain, number in json.loads(flagged))
+            if marked:
+                partial[series] = set(marked)
         return cls(months, partial)
 
     @classmethod

@@ -238,8 +238,10 @@ class MeasureValue(models.Model):
 
     class Meta:
         constraints = [
+            # Grain and period before scenario and entity: the engine reads the values of some
+            # measures over a range of periods, which is then one range of this index.
             models.UniqueConstraint(
-                fields=["measure", "scenario", "entity", "grain", "period"], name="measurevalue_natural_key"
+                fields=["measure", "grain", "period", "scenario", "entity"], name="measurevalue_natural_key"
             )
         ]
         indexes = [models.Index(fields=["scenario", "entity", "grain", "period"])]
