@@ -121,6 +121,7 @@ class _Book:
     formulas: dict[str, Formula]
     order: list[str]  # KPI codes, each after the KPIs its formula uses
     fiscal_start: int
+    _contexts: dict[str, EvalContext] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> _Book:
@@ -130,35 +131,53 @@ class _Book:
         order = [code for code in evaluation_order(formulas) if code in formulas]
         return cls(measures, kpis, formulas, order, settings.FISCAL_YEAR_START_MONTH)
 
-    @property
+    @functools.cached_property
     def by_code(self) -> dict[str, KPI]:
         return {kpi.code: kpi for kpi in self.kpis}
 
-    @property
+    @functools.cached_property
     def behaviour_of(self) -> dict[int, str]:
         return {m.pk: m.time_behaviour for m in self.measures}
 
-    @property
+    @functools.cached_property
     def behaviours(self) -> dict[str, str]:
         return {m.code: m.time_behaviour for m in self.measures}
 
-    @property
+    @functools.cached_property
+    def reads(self) -> dict[str, set[str]]:
+        """The measures each KPI reads, directly or through the KPIs it uses."""
+        measures = {m.code for m in self.measures}
+        out: dict[str, set[str]] = {}
+        for code in self.order:  # each KPI comes after the KPIs it uses
+            names = self.formulas[code].names
+            out[code] = (names & measures).union(*(out[name] for name in names if name in out))
+        return out
+
+    @functools.cached_property
     def versions(self) -> dict[int, int]:
         """The formula version of each KPI, by id."""
         return {kpi.pk: kpi.formula_version for kpi in self.kpis}
 
-    @property
+    @functools.cached_property
     def fixed_scenario(self) -> dict[str, int]:
         """Measures that always read one scenario (a budget measure), by code."""
         return {m.code: m.scenario_id for m in self.measures if m.scenario_id}
 
     def context(self, grain: str, missing: dict | None = None) -> EvalContext:
+        if not missing:  # one for each grain (an EvalContext checks its behaviours as it is made)
+            found = self._contexts.get(grain)
+            if found is None:
+                found = self._contexts[grain] = self._context(grain, {})
+            return found
+        return self._context(grain, missing)
+
+    def _context(self, grain: str, missing: dict) -> EvalContext:
         return EvalContext(
             grain=grain,
             fiscal_year_start_month=self.fiscal_start,
             behaviours=self.behaviours,
             definitions=self.formulas,
-            missing_columns=missing or {},
+            missing_columns=missing,
         )
 
 
@@ -617,16 +636,6 @@ class _KPIStates:
         _insert_rows(StoredKPIState, KIND_FIELDS, sorted(self.kinds - old.kinds))
 
 
-def _reads(book: _Book) -> dict[str, set[str]]:
-    """The measures each KPI reads, directly or through the KPIs it uses."""
-    measures = {m.code for m in book.measures}
-    out: dict[str, set[str]] = {}
-    for code in book.order:  # each KPI comes after the KPIs it uses
-        names = book.formulas[code].names
-        out[code] = (names & measures).union(*(out[name] for name in names if name in out))
-    return out
-
-
 def _with_users(dirty: set[int], book: _Book) -> set[int]:
     """The KPIs and every KPI whose formula uses one of them, directly or not."""
     code_of = {kpi.pk: kpi.code for kpi in book.kpis}
@@ -703,7 +712,7 @@ class _Reach:
         self.kpis: dict[tuple[int, str], set[date] | None] = {}  # None: every period
         self.helpers: dict[tuple[int, str], set[date]] = {}  # a year before, for last-year targets
         self.lookbacks: dict[tuple[int, str], int] = {}
-        reads = _reads(book)
+        reads = book.reads
         touched = None if measures is None else {m.code for m in book.measures if m.pk in measures}
         for kpi in book.kpis:
             untouched = touched is not None and kpi.code in reads and not reads[kpi.code] & touched
@@ -753,7 +762,7 @@ class _Reach:
 
     def needs(self, book: _Book) -> dict[str, dict[int, tuple[date, date] | None]]:
         """Per grain, the periods of each measure that the needed results read (None: all)."""
-        reads = _reads(book)
+        reads = book.reads
         code_of = {kpi.pk: kpi.code for kpi in book.kpis}
         measure_id = {m.code: m.pk for m in book.measures}
         out: dict[str, dict[int, tuple[date, date] | None]] = {grain: {} for grain in GRAINS}
