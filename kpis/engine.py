@@ -59,7 +59,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Generic, TypeVar
 
@@ -531,25 +531,44 @@ class _Trust:
         definition or targets changed since, or whose stored values do not match its formula
         version, is dirty (and so is every KPI that uses it). Definitions change through the
         services, which record each KPI change."""
-        previous = (  # its status and start (not its steps and messages)
-            RefreshRun.objects.exclude(finished_at=None)
-            .exclude(pk=run.pk if run is not None else None)
-            .order_by("-finished_at")
-            .values_list("status", "started_at")
-            .first()
-        )
+        runs = RefreshRun._meta.db_table
+        with connection.cursor() as cursor:  # the last finished run's status and start
+            cursor.execute(
+                f"SELECT status, started_at FROM {runs} WHERE finished_at IS NOT NULL AND id <> %s "  # noqa: S608
+                "ORDER BY finished_at DESC LIMIT 1",
+                [run.pk if run is not None else 0],
+            )
+            previous = cursor.fetchone()
         if previous is None or previous[0] != RefreshRun.Status.SUCCEEDED:
             return None
-        since = previous[1] - TRUST_MARGIN
-        if Measure.objects.filter(updated_at__gte=since).exists():
+        started = previous[1]
+        if isinstance(started, str):  # SQLite may give the stored text
+            started = datetime.fromisoformat(started)
+        if started.tzinfo is None:  # SQLite stores UTC without the zone
+            started = started.replace(tzinfo=UTC)
+        since = connection.ops.adapt_datetimefield_value(started - TRUST_MARGIN)
+        # What changed since, in one statement: measures, the budget scenarios, KPI definitions
+        # and the KPIs with typed targets.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT 'measures', COUNT(*) FROM {Measure._meta.db_table} WHERE updated_at >= %s "  # noqa: S608
+                f"UNION ALL SELECT 'budget', id FROM {Scenario._meta.db_table} WHERE kind = %s "
+                f"UNION ALL SELECT DISTINCT 'changed', kpi_id FROM {KPIChange._meta.db_table} "
+                "WHERE changed_at >= %s "
+                f"UNION ALL SELECT DISTINCT 'typed', kpi_id FROM {Target._meta.db_table}",
+                [since, Scenario.Kind.BUDGET, since],
+            )
+            found: dict[str, set[int]] = defaultdict(set)
+            for kind, number in cursor.fetchall():
+                found[kind].add(number)
+        if found["measures"] != {0}:
             return None
         states = _KPIStates.read()
         if states is None:
             return None
-        budgets = set(Scenario.objects.filter(kind=Scenario.Kind.BUDGET).values_list("pk", flat=True))
+        budgets = found["budget"]
         versions = book.versions
-        dirty = set(KPIChange.objects.filter(changed_at__gte=since).values_list("kpi_id", flat=True))
-        dirty |= set(Target.objects.values_list("kpi_id", flat=True))
+        dirty = found["changed"] | found["typed"]
         # A formula naming a measure or KPI that is gone (deleted, deactivated) reads nothing now.
         known = {m.code for m in book.measures} | set(book.formulas)
         dirty |= {kpi.pk for kpi in book.kpis if book.formulas[kpi.code].names - known}
@@ -1391,9 +1410,10 @@ def _derived_from_changes(
             if measure_id not in balances:
                 out[derived] = (total + value - old, derived_note)
                 continue
-            first, size = _month_number(start), len(grain_months(start, grain))
+            first = _month_number(start)
             months = summary.months.get((measure_id, scenario_id, entity_id), ())
-            if max(number for number in months if first <= number < first + size) == _month_number(month):
+            last = next(n for n in range(first + STEP[grain] - 1, first - 1, -1) if n in months)
+            if last == _month_number(month):
                 out[derived] = (value, derived_note)  # its last month with data
     return out
 

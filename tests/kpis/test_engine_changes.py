@@ -272,6 +272,40 @@ def test_a_changed_formula_is_recomputed_for_every_period(company):
     assert KPIValue.objects.filter(kpi__code="margin", formula_version=1).exists()
 
 
+def test_a_changed_measure_definition_is_recomputed_for_every_period(company):
+    """A measure saved since the last run (here: net sales now reads one account of the
+    subtree) may change every month's values: the next refresh (a full one, as the pipeline
+    runs it then) recomputes them all."""
+    company.book(facts(15))
+    refreshed()
+    settle()
+    measure = Measure.objects.get(code="net_sales")
+    measure.accounts.set([company.accounts["4100"]])
+    measure.save()  # its updated_at
+    actual = KPIValue.objects.filter(kpi__code="revenue", scenario__code="actual")
+    before = dict(actual.exclude(value=None).values_list("id", "value"))
+    refreshed()
+    after = dict(actual.values_list("id", "value"))
+    assert before and sum(before[pk] != after[pk] for pk in before) > 0.9 * len(before)
+    assert snapshot() == from_scratch()
+
+
+def test_a_changed_threshold_rewrites_the_statuses_of_every_period(company):
+    """A KPI change that keeps its formula (here: its direction and tolerances) changes
+    statuses everywhere; the next refresh writes them, no fact having changed."""
+    company.book(facts(16))
+    refreshed()
+    settle()
+    kpi = KPI.objects.get(code="revenue")
+    kpi.direction, kpi.green_tolerance_pct, kpi.amber_tolerance_pct = "lower", Decimal("1"), Decimal("2")
+    kpi_save(kpi=kpi)
+    before = dict(KPIValue.objects.filter(kpi=kpi).exclude(status="none").values_list("id", "status"))
+    refreshed(months=[])
+    after = dict(KPIValue.objects.filter(kpi=kpi).exclude(status="none").values_list("id", "status"))
+    assert before and sum(before[pk] != after[pk] for pk in before) > len(before) // 4
+    assert snapshot() == from_scratch()
+
+
 def test_a_new_typed_target_is_applied_without_any_fact_changing(company):
     company.book(facts(5))
     refreshed()
