@@ -8,9 +8,9 @@
 3. Derive quarters and years (fiscal) from the months: flows sum, balances take the last
    month. A KPI at quarter grain is then computed from the quarter's measures, never as an
    average of monthly ratios.
-4. Evaluate every KPI formula over all periods at once with pandas, once per grain over every
-   scenario and entity stacked in one frame (the evaluator keeps the series apart), in
-   dependency order.
+4. Evaluate every KPI formula over all periods at once with pandas and numpy, once over one
+   frame that stacks every grain's series of every scenario and entity (the evaluator keeps
+   the series apart, each at its own grain), in dependency order.
 5. Attach targets (typed or imported, else the KPI's rule: budget, or last year plus N %),
    variance and status, and store everything in one transaction, writing only the values
    that changed. Readers see the previous complete values until the transaction commits.
