@@ -59,7 +59,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Generic, TypeVar
 
@@ -544,8 +544,8 @@ class _Trust:
         started = previous[1]
         if isinstance(started, str):  # SQLite may give the stored text
             started = datetime.fromisoformat(started)
-        if started.tzinfo is None:  # SQLite stores UTC without the zone
-            started = started.replace(tzinfo=UTC)
+        if started.tzinfo is None:  # SQLite stores the connection's time zone (UTC) without it
+            started = started.replace(tzinfo=connection.timezone)
         since = connection.ops.adapt_datetimefield_value(started - TRUST_MARGIN)
         # What changed since, in one statement: measures, the budget scenarios, KPI definitions
         # and the KPIs with typed targets.
@@ -1412,7 +1412,9 @@ def _derived_from_changes(
                 continue
             first = _month_number(start)
             months = summary.months.get((measure_id, scenario_id, entity_id), ())
-            last = next(n for n in range(first + STEP[grain] - 1, first - 1, -1) if n in months)
+            last = next((n for n in range(first + STEP[grain] - 1, first - 1, -1) if n in months), None)
+            if last is None:
+                return None  # the kept summary does not know the month: derive from all months
             if last == _month_number(month):
                 out[derived] = (value, derived_note)  # its last month with data
     return out

@@ -1369,8 +1369,10 @@ class _Range:
         np.maximum.at(last, codes, months)
         sizes = (last - first) // group_step + 1
         size = int(sizes.sum())
-        if size > _MAX_RANGE:
-            raise ValueError(f"the frame spans {size:,} periods; the limit is {_MAX_RANGE:,}")
+        for step in np.unique(group_step).tolist():  # the limit is per grain, as for a frame of one
+            spanned = int(sizes[group_step == step].sum())
+            if spanned > _MAX_RANGE:
+                raise ValueError(f"the frame spans {spanned:,} periods; the limit is {_MAX_RANGE:,}")
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         group = np.repeat(np.arange(groups, dtype=np.int64), sizes)
         start = bounds[group]
@@ -1446,10 +1448,12 @@ class _Evaluator:
     def labels(self, months: np.ndarray | None = None, steps: np.ndarray | None = None) -> np.ndarray:
         """Period labels as users see them: 'Mar 2024', 'FY2025 Q1', '2024'; of each position,
         or of ``months`` that are periods of ``steps`` months each."""
-        if months is None or steps is None:
+        if months is None:
             if self._labels is None:
                 self._labels = self.labels(self.months, self.step)
             return self._labels
+        if steps is None:
+            raise TypeError("labels of given months need their periods' lengths (steps)")
         out = np.empty(len(months), dtype=object)
         for step in np.unique(steps).tolist():
             chosen = steps == step

@@ -1448,3 +1448,29 @@ def test_a_layout_refuses_a_grain_per_group_that_does_not_fit():
     )
     with pytest.raises(ValueError, match="not the start of a fiscal quarter"):
         list(evaluate_in_order([("k", parse("a"))], frame, context=EvalContext(), layout=misplaced))
+
+
+def test_the_range_limit_holds_for_each_grain_of_a_frame_of_several(monkeypatch):
+    """A frame of months, quarters and years may span as many periods of each grain as a frame
+    of one grain may; more periods of one grain are refused."""
+    import kpis.formula
+    from kpis.formula import Layout, evaluate_in_order
+
+    monkeypatch.setattr(kpis.formula, "_MAX_RANGE", 24)
+    months = (
+        [2024 * 12 + n for n in range(24)] + [2024 * 12 + 3 * n for n in range(8)] + [2024 * 12, 2025 * 12]
+    )
+    groups = [0] * 24 + [1] * 8 + [2] * 2
+    frame = pd.DataFrame({"a": np.arange(len(months), dtype=float)})
+    layout = Layout(np.array(months), np.array(groups), ["m", "q", "y"], grains=["month", "quarter", "year"])
+    [(_, num, _)] = evaluate_in_order([("k", parse("prev(a)"))], frame, context=EvalContext(), layout=layout)
+    assert np.isfinite(num).sum() == len(months) - 3  # each group's first period has no history
+    longer = Layout(
+        np.array([*months, 2026 * 12]),
+        np.array([*groups, 0]),
+        ["m", "q", "y"],
+        grains=["month", "quarter", "year"],
+    )
+    frame = pd.DataFrame({"a": np.arange(len(months) + 1, dtype=float)})
+    with pytest.raises(ValueError, match="the frame spans 25 periods; the limit is 24"):
+        list(evaluate_in_order([("k", parse("prev(a)"))], frame, context=EvalContext(), layout=longer))
