@@ -1005,18 +1005,24 @@ class _Shape:
         """From ``monthly`` when it has every month (``requested`` is None), else from the
         stored months but the requested ones (``stored`` leaves them out) and their values in
         ``monthly``."""
+        if requested is None:  # ``monthly`` has every month
+            return cls.of_ranges((m, s, e, p, p) for m, s, e, _g, p in monthly)
+        asked = set(requested)
+        # The stored series' shape is found once for every call.
+        base = stored.shape if stored is not None else None
+        return cls.of_ranges(((m, s, e, p, p) for m, s, e, _g, p in monthly if p in asked), base)
+
+    @classmethod
+    def of_ranges(
+        cls, ranges: Iterable[tuple[int, int, int, date, date]], base: _Shape | None = None
+    ) -> _Shape:
+        """From (measure, scenario, entity, first month, last month) ranges, added to ``base``."""
         codes: dict[tuple[int, int], set[int]] = defaultdict(set)
         months: dict[tuple[int, int], tuple[date, date]] = {}
-        if requested is None:  # ``monthly`` has every month
-            rows = [(m, s, e, p, p) for m, s, e, _g, p in monthly]
-        else:
-            asked = set(requested)
-            rows = [(m, s, e, p, p) for m, s, e, _g, p in monthly if p in asked]
-            if stored is not None:  # the stored series' shape, found once for every call
-                base = stored.shape
-                codes.update({series: set(ids) for series, ids in base.codes.items()})
-                months.update(base.months)
-        for measure_id, scenario_id, entity_id, first, last in rows:
+        if base is not None:
+            codes.update({series: set(ids) for series, ids in base.codes.items()})
+            months.update(base.months)
+        for measure_id, scenario_id, entity_id, first, last in ranges:
             series = (scenario_id, entity_id)
             codes[series].add(measure_id)
             old = months.get(series, (first, last))
@@ -1047,14 +1053,7 @@ class _StoredShape:
     @functools.cached_property
     def shape(self) -> _Shape:
         """The (scenario, entity) series of ``ranges`` as a whole."""
-        codes: dict[tuple[int, int], set[int]] = defaultdict(set)
-        months: dict[tuple[int, int], tuple[date, date]] = {}
-        for measure_id, scenario_id, entity_id, first, last in self.ranges:
-            series = (scenario_id, entity_id)
-            codes[series].add(measure_id)
-            old = months.get(series, (first, last))
-            months[series] = (min(old[0], first), max(old[1], last))
-        return _Shape(dict(codes), months)
+        return _Shape.of_ranges(self.ranges)
 
     def month_ranges(self) -> dict[int, tuple[date, date]]:
         """First and last month with a stored value (leaving those months out), per scenario."""
@@ -1529,7 +1528,7 @@ class _Outline:
     periods: dict[tuple[int, int, int], bool]  # (scenario, entity, month number) -> partial
 
 
-def _frames(values: Values, book: _Book, outlines: dict[str, _Outline] | None = None) -> _Frame | None:
+def _frame(values: Values, book: _Book, outlines: dict[str, _Outline] | None = None) -> _Frame | None:
     """The frame of every grain (None: no series). A measure that always reads one scenario
     (a budget measure) takes that scenario's values in every series, and every series has it."""
     code_of = {m.pk: m.code for m in book.measures}
@@ -1718,7 +1717,7 @@ def _evaluate_kpis(
     raises ``_Stopped`` (checked before each KPI)."""
     by_code = book.by_code
     out: dict[KPIKey, _KPIResult] = {}
-    stacked = _frames(values, book, outlines)
+    stacked = _frame(values, book, outlines)
     if stacked is None:
         return out
     frame = stacked.frame
@@ -2156,10 +2155,9 @@ def _sync_postgresql(
             # New keys are inserted, changed rows updated (with this run), unchanged ones left alone.
             changed = " OR ".join(_changed_sql(model, name, new="EXCLUDED") for name in fields)
             assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
-            cursor.execute(  # the staged rows are taken out as they go in: the stage is left empty
-                f"WITH staged AS (DELETE FROM {stage} RETURNING {columns}) "  # noqa: S608
-                f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "
-                f"SELECT {columns}, %s FROM staged "
+            cursor.execute(  # the stage is emptied by the next sync and at commit
+                f"INSERT INTO {table} AS t ({columns}, refresh_run_id) "  # noqa: S608
+                f"SELECT {columns}, %s FROM {stage} "
                 f"ON CONFLICT ({', '.join(key_fields)}) DO UPDATE SET {assignments}, refresh_run_id = %s "
                 f"WHERE {changed} RETURNING xmax = 0",
                 [run_id, run_id],
@@ -2170,9 +2168,9 @@ def _sync_postgresql(
 
 
 def _stage(cursor, table: str, columns: str, kinds: list[models.Field]) -> str:
-    """A temporary table with these columns of ``table``, empty, to COPY rows into (the sync
-    that fills it takes them out again, a rollback takes them away, and each sync starts by
-    emptying it: a sync whose error was caught may have left its rows).
+    """A temporary table with these columns of ``table``, empty, to COPY rows into (each sync
+    starts by emptying it, as a sync whose error was caught may have left its rows; the
+    commit and a rollback empty it too).
 
     It stays for the session, where creating and dropping a table for each sync cost a
     one-month recompute more than its COPY (ON COMMIT DELETE ROWS: no rows outlive their
