@@ -1754,6 +1754,11 @@ def _evaluate_kpis(
                 else:
                     months = [_month_number(period) for period in chosen]
                     rows = np.flatnonzero(stacked.own & at[grain] & np.isin(stacked.month, months))
+                # A period's results one after another (the frame has each series' periods in
+                # a row): stored in this order, each KPI's values of a period share a page or
+                # two, and a recompute of one month changes a few pages, not one row on each of
+                # hundreds (each page's first change after a checkpoint writes all of it to the WAL).
+                rows = rows[np.argsort(stacked.month[rows], kind="stable")]
                 rows_of[(grain, chosen)] = rows
             if not len(rows):
                 continue
@@ -2232,10 +2237,13 @@ def _delete_missing(
 class _CsvRows:
     """The rows (natural key -> values) as a CSV file for COPY, each line the key's columns,
     the values' and then ``tail`` (more columns, the same on every line), written as it is
-    read, ``CHUNK_ROWS`` rows at a time: the server parses each chunk while the next one is
-    written (on two cores, the two overlap). Each chunk is written a column at a time, which
-    in Python is several times faster than a value at a time (``csv.writer``)."""
+    read, ``FIRST_ROWS`` rows at first and twice as many each time up to ``CHUNK_ROWS``: the
+    server parses each chunk while the next one is written (on two cores, the two overlap),
+    and a one-month recompute's thousand rows overlap too, after a small first chunk. Each
+    chunk is written a column at a time, which in Python is several times faster than a value
+    at a time (``csv.writer``)."""
 
+    FIRST_ROWS = 250
     CHUNK_ROWS = 2000
 
     def __init__(self, rows: Mapping[tuple, tuple], kinds: list[models.Field], *, tail: tuple = ()) -> None:
@@ -2243,6 +2251,7 @@ class _CsvRows:
         self._kinds = kinds  # the key's columns, then the values'
         self._end = "".join(f",{_csv_column((value,), None)[0]}" for value in tail) + "\n"
         self.error: BaseException | None = None  # what went wrong making the rows (see ``_copy``)
+        self._size = self.FIRST_ROWS
 
     def read(self, size: int = -1) -> str:
         try:
@@ -2252,7 +2261,9 @@ class _CsvRows:
             raise
 
     def _read(self) -> str:
-        chunk = list(itertools.islice(self._items, self.CHUNK_ROWS))
+        size = min(self._size, self.CHUNK_ROWS)
+        self._size = size * 2
+        chunk = list(itertools.islice(self._items, size))
         if not chunk:
             return ""  # the end of the file
         keys, values = zip(*chunk, strict=True)

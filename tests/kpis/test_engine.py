@@ -273,6 +273,21 @@ def test_recomputing_one_changed_month_gives_the_same_values_as_a_full_recompute
     assert value("revenue", FEB).value == Decimal("650")
 
 
+def test_kpi_values_are_written_a_period_after_another(sales):
+    """Stored in period order (ids follow the writes), a KPI's values of one month sit
+    together: recomputing one month then changes a few pages of the table, not one row on
+    each page. Written series by series, the budget's January would come after March."""
+    recompute()
+    for grain in ("month", "quarter"):
+        written = list(
+            KPIValue.objects.filter(kpi__code="revenue", grain=grain)
+            .order_by("id")
+            .values_list("period", "scenario__code")
+        )
+        assert {scenario for _, scenario in written} == {"actual", "budget"}
+        assert [period for period, _ in written] == sorted(period for period, _ in written)
+
+
 def test_recomputing_with_nothing_changed_writes_nothing(sales):
     recompute()
     again = recompute(months=[])
