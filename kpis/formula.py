@@ -1628,15 +1628,12 @@ class _Evaluator:
         opening_at = self.window_start(mode) - 1
         history = opening_at < 0
         safe = self.start + np.where(history, 0, opening_at)
-        needed = self.labels(self.months - (self.index - opening_at) * self.step, self.step)
-        opening = _Vec(
-            np.where(history, np.nan, closing.num[safe]),
-            np.where(
-                history,
-                "not enough history for avg_balance (needs the closing balance of " + needed + ")",
-                closing.why[safe],
-            ),
-        )
+        why = closing.why[safe]
+        if history.any():
+            back = self.months[history] - (self.index[history] - opening_at[history]) * self.step[history]
+            needed = self.labels(back, self.step[history])
+            why[history] = "not enough history for avg_balance (needs the closing balance of " + needed + ")"
+        opening = _Vec(np.where(history, np.nan, closing.num[safe]), why)
         return self.combine((opening.num + closing.num) / 2, opening, closing)
 
     def name(self, name: str, mode: _Mode) -> _Vec:
@@ -1741,10 +1738,21 @@ class _Evaluator:
             sums = pd.Series(filled).groupby(fiscal_year).cumsum().to_numpy(dtype=float)
         else:
             sums = np.empty(self.size)
-            for low, high, step in zip(self.bounds[:-1], self.bounds[1:], self.group_step, strict=True):
-                width = 12 // int(step)
-                padded = np.concatenate([np.zeros(width - 1), filled[low:high]])
-                sums[low:high] = np.lib.stride_tricks.sliding_window_view(padded, width).sum(axis=1)
+            for step in np.unique(self.group_step).tolist():  # the groups of one window length at once
+                width = 12 // step
+                chosen = self.step == step
+                groups = np.flatnonzero(self.group_step == step)
+                sizes = self.bounds[groups + 1] - self.bounds[groups]
+                # Each group's values after width - 1 zeros, end to end: no window leaves its group.
+                at = np.arange(int(sizes.sum())) + np.repeat(
+                    (width - 1) * np.arange(1, len(groups) + 1), sizes
+                )
+                padded = np.zeros(len(at) + (width - 1) * len(groups))
+                padded[at] = filled[chosen]
+                total = padded[at - (width - 1)]
+                for back in range(width - 2, -1, -1):  # the window's values in order, oldest first
+                    total = total + padded[at - back]
+                sums[chosen] = total
         # The latest missing period at or before each row: if it is inside the window, the sum is
         # empty (one from an earlier group is before the window, as the window never leaves its group).
         position = np.arange(self.size)
@@ -1756,18 +1764,20 @@ class _Evaluator:
         why = np.where(missing, vec.why[np.maximum(last_missing, 0)], None)
         why = np.where(overflow, _OUT_OF_RANGE, why)
         if history.any():
+            why = why.astype(object)
             if mode == "ytd":
-                needed = self.labels(self.months - self.into_year * self.step, self.step)
-                text = (
+                starts = self.months[history] - self.into_year[history] * self.step[history]
+                needed = self.labels(starts, self.step[history])
+                why[history] = (
                     "not enough history for ytd (needs data from "
                     + needed
                     + ", the start of the fiscal year)"
                 )
             else:
-                text = np.empty(self.size, dtype=object)
-                for step in np.unique(self.step).tolist():
-                    text[self.step == step] = f"not enough history for ttm (needs {_YEAR_IN_PERIODS[step]})"
-            why = np.where(history, text, why)
+                for step in np.unique(self.step[history]).tolist():
+                    why[history & (self.step == step)] = (
+                        f"not enough history for ttm (needs {_YEAR_IN_PERIODS[step]})"
+                    )
         return _Vec(num, why.astype(object))
 
 
@@ -1890,10 +1900,12 @@ def _arrays(evaluator: _Evaluator, formula: Formula) -> tuple[np.ndarray, np.nda
         result = evaluator.evaluate(formula.root, "point")
     num = result.num[evaluator.rows]
     empty = ~np.isfinite(num)
-    why = np.where(empty, result.why[evaluator.rows], None)
-    # Every rule above gives its own reason; this is a safety net so that no empty value (or
-    # infinity) is ever passed on unexplained.
-    why = np.where(empty & np.equal(why, None), _OUT_OF_RANGE, why)
+    why = np.full(len(num), None, dtype=object)
+    if empty.any():
+        given = result.why[evaluator.rows[empty]]
+        # Every rule above gives its own reason; this is a safety net so that no empty value (or
+        # infinity) is ever passed on unexplained.
+        why[empty] = np.where(np.equal(given, None), _OUT_OF_RANGE, given)
     return np.where(empty, np.nan, num), why
 
 
