@@ -297,6 +297,7 @@ def _recompute_changes(
     """
     stored = _StoredMeasures(summary.months)
     shape: _StoredShape | None = None
+    fresh_shape: _Shape | None = None  # with the requested months as recomputed
     derived: Values | None = None  # the changed months' quarters and years
     fiscal_start = book.fiscal_start
     if requested is None:  # every month was re-aggregated: compare them all with storage
@@ -313,7 +314,8 @@ def _recompute_changes(
         changed = {key[4] for key, (value, note) in fresh.items() if before.get(key) != (value, note[:300])}
         changed.update(key[4] for key in before.keys() - fresh.keys())
         shape = summary.shape(excluding=requested, fiscal_start=fiscal_start)
-        reshaped = _reshaped(_Shape.of(before, requested, shape), _Shape.of(fresh, requested, shape))
+        fresh_shape = _Shape.of(fresh, requested, shape)
+        reshaped = _reshaped(_Shape.of(before, requested, shape), fresh_shape)
         others = shape.month_ranges()
         old_ranges = _extend_ranges(others, before)
         new_ranges = _extend_ranges(others, fresh)
@@ -359,7 +361,12 @@ def _recompute_changes(
         values = {key: value for key, value in needed.items() if key[4] not in reach.measures[key[3]]}
         values.update(measure_rows)
         shape = shape or summary.shape(excluding=[], fiscal_start=fiscal_start)
-        outlines = _outlines(_Shape.of(monthly, requested, shape), window, reach, measure_rows, book, shape)
+        whole = (
+            fresh_shape
+            if monthly is fresh and fresh_shape is not None
+            else _Shape.of(monthly, requested, shape)
+        )
+        outlines = _outlines(whole, window, reach, measure_rows, book, shape)
         # Read before the evaluation starts: a query made while it runs waits for the GIL after it.
         targets = _Targets(book.kpis, book.fiscal_start)
         # The formulas are evaluated while the measure values are written (on PostgreSQL).
@@ -381,7 +388,7 @@ def _recompute_changes(
                 kpi_values = evaluated.result()
                 lap("formulas")
                 targets.results = kpi_values
-                kpi_rows = {key: value for key, value in kpi_values.items() if reach.writes(key)}
+                kpi_rows = reach.written(kpi_values)
                 lap("targets")
         finally:
             if evaluated is not None:
@@ -804,10 +811,15 @@ class _Reach:
                     )
         return out
 
-    def writes(self, key: KPIKey) -> bool:
-        kpi_id, _scenario, _entity, grain, period = key
-        periods = self.kpis.get((kpi_id, grain), set())
-        return periods is None or period in periods
+    def written(self, results: dict[KPIKey, _KPIResult]) -> dict[KPIKey, _KPIResult]:
+        """The results to write: those of the periods reached (the others were evaluated as
+        last year's values for targets)."""
+        reached, none = self.kpis, set()
+        return {
+            key: result
+            for key, result in results.items()
+            if (periods := reached.get((key[0], key[3]), none)) is None or key[4] in periods
+        }
 
     def kpi_scope(self, *, shrinks: bool = True) -> _Scope:
         """The stored KPI values the written ones replace; ``shrinks``: some of them may be
