@@ -128,7 +128,7 @@ class _Book:
         measures = list(Measure.objects.all())
         kpis = list(KPI.objects.filter(is_active=True))
         formulas = {kpi.code: _parse(kpi.formula) for kpi in kpis}
-        order = [code for code in evaluation_order(formulas) if code in formulas]
+        order = list(_order(tuple((kpi.code, kpi.formula) for kpi in kpis)))
         return cls(measures, kpis, formulas, order, settings.FISCAL_YEAR_START_MONTH)
 
     @functools.cached_property
@@ -185,6 +185,14 @@ class _Book:
 def _parse(text: str) -> Formula:
     """Formulas are immutable: a worker parses each text once."""
     return parse(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _order(definitions: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    """KPI codes of these (code, formula text) definitions in evaluation order: a worker works
+    it out once for each set of definitions. Raises CycleError (not remembered)."""
+    formulas = {code: _parse(text) for code, text in definitions}
+    return tuple(code for code in evaluation_order(formulas) if code in formulas)
 
 
 def recompute(*, run: RefreshRun | None = None, months: Iterable[date] | None = None) -> EngineResult:
