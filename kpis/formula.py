@@ -1763,8 +1763,7 @@ class _Evaluator:
         num = np.where(history | missing | overflow, np.nan, sums)
         why = np.where(missing, vec.why[np.maximum(last_missing, 0)], None)
         why = np.where(overflow, _OUT_OF_RANGE, why)
-        if history.any():
-            why = why.astype(object)
+        if history.any():  # ``why`` holds objects (the vector's reasons or None)
             if mode == "ytd":
                 starts = self.months[history] - self.into_year[history] * self.step[history]
                 needed = self.labels(starts, self.step[history])
@@ -1778,7 +1777,7 @@ class _Evaluator:
                     why[history & (self.step == step)] = (
                         f"not enough history for ttm (needs {_YEAR_IN_PERIODS[step]})"
                     )
-        return _Vec(num, why.astype(object))
+        return _Vec(num, why)
 
 
 _YEAR_IN_PERIODS: dict[int, str] = {1: "12 months", 3: "4 quarters", 12: "1 year"}
