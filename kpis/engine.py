@@ -376,10 +376,18 @@ def _recompute_changes(
         )
         outlines = _outlines(whole, window, reach, measure_rows, book, shape)
         # Read before the evaluation starts: a query made while it runs waits for the GIL after it.
-        targets = _Targets(book.kpis, book.fiscal_start)
+        targets = _Targets(book.kpis, book.fiscal_start, typed=trust.typed)
         # The formulas are evaluated while the measure values are written (on PostgreSQL).
         evaluated = _InBackground(
-            lambda stop: _evaluate_kpis(values, book, wanted=reach.evaluated, outlines=outlines, stop=stop)
+            lambda stop: _evaluate_kpis(
+                values,
+                book,
+                wanted=reach.evaluated,
+                outlines=outlines,
+                stop=stop,
+                written=reach.written,
+                earlier=targets.earlier,
+            )
         )
 
     kpi_rows: dict[KPIKey, _KPIResult] = {}
@@ -395,8 +403,7 @@ def _recompute_changes(
             if evaluated is not None and targets is not None:
                 kpi_values = evaluated.result()
                 lap("formulas")
-                targets.results = kpi_values
-                kpi_rows = reach.written(kpi_values)
+                targets.results = kpi_rows = kpi_values
                 lap("targets")
         finally:
             if evaluated is not None:
@@ -538,6 +545,7 @@ class _Trust:
     dirty: set[int]  # KPIs to evaluate and write for every period
     inactive: set[int]  # KPIs with stored values that are no longer active
     states: _KPIStates  # the kinds of value stored
+    typed: set[int]  # KPIs with typed or imported targets (dirty too)
 
     @classmethod
     def find(cls, book: _Book, run: RefreshRun | None) -> _Trust | None:
@@ -595,7 +603,7 @@ class _Trust:
             if typed or versions.get(kpi_id, formula_version) != formula_version:
                 dirty.add(kpi_id)
         dirty |= set(versions) - seen
-        return cls(_with_users(dirty, book), seen - set(versions), states)
+        return cls(_with_users(dirty, book), seen - set(versions), states, found["typed"])
 
 
 # KPI, scenario, entity, formula version, typed target, budget
@@ -775,6 +783,11 @@ class _Reach:
         periods = self.kpis[(kpi_id, grain)]
         return None if periods is None else periods | self.helpers.get((kpi_id, grain), set())
 
+    def written(self, kpi_id: int, grain: str) -> set[date] | None:
+        """Periods whose results are written (the others evaluated give last year's values
+        for targets); None: all."""
+        return self.kpis.get((kpi_id, grain), set())
+
     def window(self) -> dict[str, tuple[date, date] | None]:
         """Per grain, the periods the needed results read (None: all of them)."""
         out: dict[str, tuple[date, date] | None] = {}
@@ -818,16 +831,6 @@ class _Reach:
                         None if bounds is None else (min(old[0], bounds[0]), max(old[1], bounds[1]))
                     )
         return out
-
-    def written(self, results: dict[KPIKey, _KPIResult]) -> dict[KPIKey, _KPIResult]:
-        """The results to write: those of the periods reached (the others were evaluated as
-        last year's values for targets)."""
-        reached, none = self.kpis, set()
-        return {
-            key: result
-            for key, result in results.items()
-            if (periods := reached.get((key[0], key[3]), none)) is None or key[4] in periods
-        }
 
     def kpi_scope(self, *, shrinks: bool = True) -> _Scope:
         """The stored KPI values the written ones replace; ``shrinks``: some of them may be
@@ -1730,11 +1733,15 @@ def _evaluate_kpis(
     wanted: Callable[[int, str], set[date] | None] | None = None,
     outlines: dict[str, _Outline] | None = None,
     stop: threading.Event | None = None,
+    written: Callable[[int, str], set[date] | None] | None = None,
+    earlier: dict[KPIKey, float | None] | None = None,
 ) -> dict[KPIKey, _KPIResult]:
     """Every KPI for every series and period with data; ``wanted(kpi_id, grain)`` can limit
     the periods that get a result (None: all), and then ``values`` need hold only the values
-    these results read, with the ``outlines`` of the whole series. Once ``stop`` is set it
-    raises ``_Stopped`` (checked before each KPI)."""
+    these results read, with the ``outlines`` of the whole series. With ``written``, only the
+    periods it gives (of those wanted) get a result; the others' values go into ``earlier``
+    (last year's values for targets). Once ``stop`` is set it raises ``_Stopped`` (checked
+    before each KPI)."""
     by_code = book.by_code
     out: dict[KPIKey, _KPIResult] = {}
     stacked = _frame(values, book, outlines)
@@ -1749,7 +1756,7 @@ def _evaluate_kpis(
     scenarios, entities = stacked.scenario.tolist(), stacked.entity.tolist()
     dates = {number: _month_date(number) for number in set(stacked.month.tolist())}
     starts = [dates[number] for number in stacked.month.tolist()]
-    rows_of: dict[tuple[str, frozenset[date] | None], np.ndarray] = {}  # KPIs mostly want the same periods
+    rows_of: dict[tuple[str, frozenset[date] | None], np.ndarray] = {}
     rounded: dict[tuple[str, str, frozenset[date] | None], list[float | None]] = {}
     missing = stacked.missing
     needed_at = {grain: _needed(book, grain, wanted) for grain in grains}
@@ -1766,20 +1773,17 @@ def _evaluate_kpis(
             periods = wanted(kpi_id, grain) if wanted is not None else None
             if periods is not None and not periods:
                 continue
+            if written is not None and earlier is not None and periods is not None:
+                kept = written(kpi_id, grain)
+                if kept is not None and len(kept) < len(periods):  # the rest: values only
+                    before = _rows_of(stacked, grain, at[grain], frozenset(periods - kept), rows_of)
+                    for i, value in zip(before.tolist(), numbers[before].tolist(), strict=True):
+                        earlier[(kpi_id, scenarios[i], entities[i], grain, starts[i])] = (
+                            None if value != value else value
+                        )
+                    periods = kept
             chosen = None if periods is None else frozenset(periods)
-            rows = rows_of.get((grain, chosen))
-            if rows is None:
-                if chosen is None:
-                    rows = np.flatnonzero(stacked.own & at[grain])
-                else:
-                    months = [_month_number(period) for period in chosen]
-                    rows = np.flatnonzero(stacked.own & at[grain] & np.isin(stacked.month, months))
-                # A period's results one after another (the frame has each series' periods in
-                # a row): stored in this order, each KPI's values of a period share a page or
-                # two, and a recompute of one month changes a few pages, not one row on each of
-                # hundreds (each page's first change after a checkpoint writes all of it to the WAL).
-                rows = rows[np.argsort(stacked.month[rows], kind="stable")]
-                rows_of[(grain, chosen)] = rows
+            rows = _rows_of(stacked, grain, at[grain], chosen, rows_of)
             if not len(rows):
                 continue
             # Six decimals are enough to see where a value comes from; a column is read by
@@ -1809,6 +1813,30 @@ def _evaluate_kpis(
     return out
 
 
+def _rows_of(
+    stacked: _Frame,
+    grain: str,
+    at: np.ndarray,
+    chosen: frozenset[date] | None,
+    found: dict[tuple[str, frozenset[date] | None], np.ndarray],
+) -> np.ndarray:
+    """The frame rows of a grain (``at``: those of the grain) that get a result in the periods
+    ``chosen`` (None: all), found once for each set of periods (KPIs mostly want the same ones)."""
+    rows = found.get((grain, chosen))
+    if rows is None:
+        if chosen is None:
+            rows = np.flatnonzero(stacked.own & at)
+        else:
+            months = [_month_number(period) for period in chosen]
+            rows = np.flatnonzero(stacked.own & at & np.isin(stacked.month, months))
+        # A period's results one after another (the frame has each series' periods in a row):
+        # stored in this order, each KPI's values of a period share a page or two, and a
+        # recompute of one month changes a few pages, not one row on each of hundreds (each
+        # page's first change after a checkpoint writes all of it to the WAL).
+        rows = found[(grain, chosen)] = rows[np.argsort(stacked.month[rows], kind="stable")]
+    return rows
+
+
 def _needed(book: _Book, grain: str, wanted: Callable[[int, str], set[date] | None] | None) -> list[str]:
     """The KPIs to evaluate at a grain, in order: those with results wanted, and the KPIs
     their formulas use (read as columns, with their own reasons for empty values)."""
@@ -1832,16 +1860,18 @@ class _Targets:
     its target, origin and status; ``_store_kpis`` calls it as each row is written, so on
     PostgreSQL that work overlaps the server's parsing of the rows before it."""
 
-    def __init__(self, kpis: list[KPI], fiscal_start: int) -> None:
+    def __init__(self, kpis: list[KPI], fiscal_start: int, *, typed: set[int] | None = None) -> None:
+        """``typed``: the KPIs known to have typed or imported targets (None: read them all)."""
         # Every result evaluated, set once they are: the budget and last-year values come from them.
         self.results: dict[KPIKey, _KPIResult] = {}
+        self.earlier: dict[KPIKey, float | None] = {}  # values evaluated for targets only
         self.scenarios = {s.pk: s for s in Scenario.objects.all()}
         budget_ids = [pk for pk, s in self.scenarios.items() if s.kind == Scenario.Kind.BUDGET]
         self.budget_id = (
             min(budget_ids, key=lambda pk: (self.scenarios[pk].code != "budget", pk)) if budget_ids else None
         )
         self.by_pk = {kpi.pk: kpi for kpi in kpis}
-        self.typed = _typed_targets(kpis, fiscal_start)
+        self.typed = _typed_targets([kpi for kpi in kpis if typed is None or kpi.pk in typed], fiscal_start)
         shown = separators()  # the reasons' numbers: looked up once, not for each of thousands
         self.thresholds = {kpi.pk: _thresholds(kpi, shown) for kpi in kpis}
 
@@ -1850,7 +1880,9 @@ class _Targets:
         if self.scenarios[scenario_id].kind == Scenario.Kind.BUDGET:
             result.status, result.status_reason = "none", BUDGET_REASON
             return result
-        target, origin = _target_for(self.by_pk[kpi_id], key, self.typed, self.results, self.budget_id)
+        target, origin = _target_for(
+            self.by_pk[kpi_id], key, self.typed, self.results, self.budget_id, self.earlier
+        )
         result.target, result.target_origin = target, origin
         result.status, result.status_reason = status_for(result.value, target, self.thresholds[kpi_id])
         if result.partial and result.status != "none":
@@ -1877,6 +1909,7 @@ def _target_for(
     typed: dict[tuple[int, int | None, str, date], float],
     results: dict[KPIKey, _KPIResult],
     budget_id: int | None,
+    earlier: dict[KPIKey, float | None],
 ) -> tuple[float | None, str]:
     kpi_id, scenario_id, entity_id, grain, period = key
     for entity in (entity_id, None):
@@ -1887,10 +1920,12 @@ def _target_for(
         if budget is not None and budget.value is not None:
             return budget.value, "budget"
     if kpi.target_rule == KPI.TargetRule.LAST_YEAR_PLUS and kpi.target_rule_pct is not None:
-        last = results.get((kpi_id, scenario_id, entity_id, grain, add_months(period, -12)))
-        if last is not None and last.value is not None:
+        then = (kpi_id, scenario_id, entity_id, grain, add_months(period, -12))
+        last = results.get(then)
+        value = last.value if last is not None else earlier.get(then)
+        if value is not None:
             pct = format(kpi.target_rule_pct.normalize(), "f")
-            return last.value * (1 + float(kpi.target_rule_pct) / 100), f"last year +{pct}%"
+            return value * (1 + float(kpi.target_rule_pct) / 100), f"last year +{pct}%"
     return None, ""
 
 
@@ -1899,6 +1934,8 @@ def _typed_targets(kpis: list[KPI], fiscal_start: int) -> dict[tuple[int, int | 
     something: an additive KPI (money, counts) sums month targets into quarters and years and
     splits a year or quarter target over its months by days; any other KPI applies a year or
     quarter target to each month inside it as it is."""
+    if not kpis:
+        return {}
     units = {kpi.pk: kpi.unit for kpi in kpis}
     given: dict[tuple[int, int | None, str, date], float] = {
         (kpi_id, entity_id, grain, period): float(value)
