@@ -365,8 +365,7 @@ def _recompute_changes(
     targets = None
     if reach.kpis:  # the stored values the results read, but those just recomputed (or gone)
         window = reach.window()
-        needed = stored.needed(reach.needs(book))
-        values = {key: value for key, value in needed.items() if key[4] not in reach.measures[key[3]]}
+        values = stored.needed(reach.needs(book), skip=reach.measures)
         values.update(measure_rows)
         shape = shape or summary.shape(excluding=[], fiscal_start=fiscal_start)
         whole = (
@@ -872,22 +871,28 @@ class _StoredMeasures:
             out.update(self.by_period.get(pair, {}))
         return out
 
-    def needed(self, needs: dict[str, dict[int, tuple[date, date] | None]]) -> Values:
-        """Stored values of each grain and measure, within their periods (None: all); those of
-        the (grain, period) pairs read before come from what was read then."""
+    def needed(
+        self, needs: dict[str, dict[int, tuple[date, date] | None]], skip: dict[str, set[date]]
+    ) -> Values:
+        """Stored values of each grain and measure, within their periods (None: all), but those
+        of the periods in ``skip`` (per grain); those of the (grain, period) pairs read before
+        come from what was read then."""
         grouped: dict[tuple[str, tuple[date, date] | None], list[int]] = defaultdict(list)
         for grain, measures in needs.items():
             for measure_id, bounds in measures.items():
                 grouped[(grain, bounds)].append(measure_id)
-        pairs = self.pairs
+        left_out = defaultdict(set, {grain: set(periods) for grain, periods in skip.items()})
+        for grain, period in self.pairs:  # read before: below
+            left_out[grain].add(period)
         out = {
-            (m, s, e, g, p): (value, note)
-            for m, s, e, g, p, value, note in _needed_rows(grouped)
-            if (g, p) not in pairs  # those read before are below
+            (m, s, e, g, p): (value, note) for m, s, e, g, p, value, note in _needed_rows(grouped, left_out)
         }
         for (grain, period), values in self.by_period.items():
+            if grain not in needs or period in skip.get(grain, ()):
+                continue
+            wanted = needs[grain]
             for key, value in values.items():
-                bounds = needs[grain].get(key[0], False) if grain in needs else False
+                bounds = wanted.get(key[0], False)
                 if bounds is None or (bounds and bounds[0] <= period <= bounds[1]):
                     out[key] = value
         return out
@@ -921,22 +926,28 @@ class _StoredMeasures:
             return cursor.fetchall()
 
 
-def _needed_rows(grouped: dict[tuple[str, tuple[date, date] | None], list[int]]) -> Iterable[tuple]:
+def _needed_rows(
+    grouped: dict[tuple[str, tuple[date, date] | None], list[int]], skip: dict[str, set[date]]
+) -> Iterable[tuple]:
     """(measure, scenario, entity, grain, period, value, note) of the stored values of these
-    measures (grouped by grain and periods, None: all). On PostgreSQL in plain SQL: the ORM
-    took longer to build and compile the query than the database to run it."""
+    measures (grouped by grain and periods, None: all), but of the periods in ``skip`` (per
+    grain). On PostgreSQL in plain SQL: the ORM took longer to build and compile the query
+    than the database to run it."""
     if connection.vendor != "postgresql":
         found = models.Q(pk__in=[])
         for (grain, bounds), measure_ids in grouped.items():
             where = models.Q(grain=grain, measure_id__in=sorted(measure_ids))
+            where &= ~models.Q(period__in=sorted(skip.get(grain, ())))
             found |= where if bounds is None else where & models.Q(period__range=bounds)
         return _fetch(MeasureValue.objects.filter(found))
     if not grouped:
         return []
     conditions, params = [], []
     for (grain, bounds), measure_ids in grouped.items():
-        conditions.append("(measure_id = ANY(%s) AND grain = %s AND period BETWEEN %s AND %s)")
-        params += [sorted(measure_ids), grain, *(bounds or (date.min, date.max))]
+        conditions.append(
+            "(measure_id = ANY(%s) AND grain = %s AND period BETWEEN %s AND %s AND NOT period = ANY(%s))"
+        )
+        params += [sorted(measure_ids), grain, *(bounds or (date.min, date.max)), sorted(skip.get(grain, ()))]
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT measure_id, scenario_id, entity_id, grain, period, value, note "  # noqa: S608
