@@ -29,6 +29,7 @@ WORK_MEM = "64MB"
 
 # (measure_id, scenario_id, entity_id, period) -> amount, for leaf entities
 MonthlyTotals = dict[tuple[int, int, int, date], Decimal]
+AccountRow = tuple[int, int, int, int]  # leaf account, measure, sign, department (0 = any)
 
 
 def account_signs() -> dict[int, dict[int, int]]:
@@ -71,11 +72,12 @@ def department_subtrees() -> dict[int, list[int]]:
     return subtree
 
 
-def financial_totals(measures: Iterable[Measure], months: list[date] | None = None) -> MonthlyTotals:
-    """Monthly totals of account roll-up measures per scenario and leaf entity (one query)."""
+def account_mapping(measures: Iterable[Measure]) -> list[AccountRow]:
+    """How the ledger's leaf accounts add up to the account roll-up measures: (leaf account,
+    measure, sign, department) rows, department 0 when the measure takes any department."""
     measures = [measure for measure in measures if measure.kind == Measure.Kind.ACCOUNT]
     if not measures:
-        return {}
+        return []
     signs = account_signs()
     departments = department_subtrees() if any(measure.department_id for measure in measures) else {}
     accounts_of: dict[int, list[int]] = defaultdict(list)  # one query, not one per measure
@@ -84,7 +86,7 @@ def financial_totals(measures: Iterable[Measure], months: list[date] | None = No
         "measure_id", "account_id"
     ):
         accounts_of[measure_id].append(account_id)  # in the accounts' order (a later one wins a leaf)
-    mapping: list[tuple[int, int, int, int]] = []  # account, measure, sign, department (0 = any)
+    mapping: list[AccountRow] = []
     for measure in measures:
         dept_ids = departments.get(measure.department_id, [0]) if measure.department_id else [0]
         leaves: dict[int, int] = {}
@@ -92,6 +94,16 @@ def financial_totals(measures: Iterable[Measure], months: list[date] | None = No
             leaves.update(signs.get(account_id, {}))
         for leaf, sign in leaves.items():
             mapping.extend((leaf, measure.pk, sign, dept) for dept in dept_ids)
+    return mapping
+
+
+def financial_totals(
+    measures: Iterable[Measure], months: list[date] | None = None, *, mapping: list[AccountRow] | None = None
+) -> MonthlyTotals:
+    """Monthly totals of account roll-up measures per scenario and leaf entity (one query);
+    ``mapping``: the measures' ``account_mapping``, when the caller has it."""
+    if mapping is None:
+        mapping = account_mapping(measures)
     if not mapping:
         return {}
     by_department = any(dept for *_, dept in mapping)
@@ -130,7 +142,7 @@ def financial_totals(measures: Iterable[Measure], months: list[date] | None = No
     return _fetch(sql, params)
 
 
-def _from_ledger_totals(mapping: list[tuple[int, int, int, int]], months: list[date] | None) -> MonthlyTotals:
+def _from_ledger_totals(mapping: list[AccountRow], months: list[date] | None) -> MonthlyTotals:
     """The same totals from ``LedgerTotal`` (the facts added up per month, scenario, entity and
     account by the loaders), for measures that do not filter by department: tens of thousands
     of rows to read where the facts can be millions."""

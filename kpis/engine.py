@@ -40,6 +40,12 @@ keeps beside them, in the same transaction as the values (``StoredKPIState``,
 of scanning every stored value. ``FINOPS_ENGINE_SELF_CHECK`` (on in the tests) checks them
 against the values after each recompute.
 
+The definitions (measures, KPIs and their parsed formulas, entities, scenarios, how accounts
+add up to measures) are read into a ``_Book``, which a worker keeps and hands to its next
+recompute as long as the database's fingerprint of those tables is the same (one query on
+PostgreSQL; anything that writes to them, the admin, an import, a loader's new account,
+changes it).
+
 Python's cycle collector is off during a recompute (``_no_cycle_collection``): the many
 small acyclic objects it makes would otherwise set off collections of the whole heap.
 """
@@ -71,9 +77,9 @@ from django.db import connection, models, transaction
 from psycopg2.extras import execute_values
 
 from finops.loading import lock_for_reading
-from finops.models import CurrencyRate, Entity, RefreshRun, Scenario
+from finops.models import Account, CurrencyRate, Department, Entity, RefreshRun, Scenario
 from finops.periods import add_months, grain_months, grain_start, month_range
-from kpis.aggregate import financial_totals, operational_totals
+from kpis.aggregate import AccountRow, account_mapping, financial_totals, operational_totals
 from kpis.formatting import Separators, separators
 from kpis.formula import EvalContext, Formula, Layout, evaluate_in_order, evaluation_order, lookback, parse
 from kpis.models import KPI, KPIChange, KPIValue, Measure, MeasureValue, StoredKPIState, StoredSeries, Target
@@ -114,22 +120,50 @@ class _Tree:
 
 @dataclass
 class _Book:
-    """The definitions a recompute works from, read once."""
+    """The definitions a recompute works from: measures, active KPIs, entities, scenarios and
+    how the ledger's accounts add up to measures. Only read (``load`` hands the same book to
+    the recomputes of a worker while the definitions stay the same)."""
 
     measures: list[Measure]
     kpis: list[KPI]
     formulas: dict[str, Formula]
     order: list[str]  # KPI codes, each after the KPIs its formula uses
     fiscal_start: int
+    tree: _Tree
+    scenarios: dict[int, Scenario]
+    accounts: list[AccountRow]  # see ``account_mapping``
     _contexts: dict[str, EvalContext] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> _Book:
+        """The book of the definitions as stored. A worker keeps the last one it read and
+        hands it out again while the database's fingerprint of the tables it comes from is
+        the same (on PostgreSQL): the recomputes of a worker read and build it once."""
+        fingerprint = _definitions_fingerprint()
+        kept = _KEPT_BOOKS.get(connection.alias)
+        if fingerprint is not None and kept is not None and kept[0] == fingerprint:
+            return kept[1]
+        book = cls.read()
+        if fingerprint is not None:
+            _KEPT_BOOKS[connection.alias] = (fingerprint, book)
+        return book
+
+    @classmethod
+    def read(cls) -> _Book:
         measures = list(Measure.objects.all())
         kpis = list(KPI.objects.filter(is_active=True))
         formulas = {kpi.code: _parse(kpi.formula) for kpi in kpis}
         order = list(_order(tuple((kpi.code, kpi.formula) for kpi in kpis)))
-        return cls(measures, kpis, formulas, order, settings.FISCAL_YEAR_START_MONTH)
+        return cls(
+            measures,
+            kpis,
+            formulas,
+            order,
+            settings.FISCAL_YEAR_START_MONTH,
+            _entity_tree(),
+            {scenario.pk: scenario for scenario in Scenario.objects.all()},
+            account_mapping(measures),
+        )
 
     @functools.cached_property
     def by_code(self) -> dict[str, KPI]:
@@ -179,6 +213,28 @@ class _Book:
             definitions=self.formulas,
             missing_columns=missing,
         )
+
+
+# The tables a book is read from; any change to one of them (the admin's, an import's, a
+# loader's new account) changes their fingerprint.
+BOOK_TABLES = (KPI, Measure, Measure.accounts.through, Entity, Account, Department, Scenario)
+_KEPT_BOOKS: dict[str, tuple[tuple, _Book]] = {}  # per database alias: (fingerprint, book)
+
+
+def _definitions_fingerprint() -> tuple | None:
+    """A fingerprint of the stored definitions (None: not on PostgreSQL), in one query: each
+    table's row count and the sum of a 64-bit hash of each row's text, which any insert,
+    update or delete changes (two different contents share one with a chance of 2^-64); and
+    the fiscal year's first month, a setting."""
+    if connection.vendor != "postgresql":
+        return None
+    parts = ", ".join(
+        f"(SELECT (count(*), sum(hashtextextended(t::text, 0)))::text FROM {model._meta.db_table} t)"  # noqa: S608
+        for model in BOOK_TABLES
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {parts}")  # noqa: S608 - our own table names only
+        return (*cursor.fetchone(), settings.FISCAL_YEAR_START_MONTH)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -241,14 +297,14 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
 
     changed = sorted(set(months)) if months is not None else None
     book = _Book.load()
-    tree = _entity_tree()
 
     if changed == []:  # no fact changed: measure values come from storage
         leaf_totals = {}
     else:
-        leaf_totals = financial_totals(book.measures, changed) | operational_totals(book.measures, changed)
+        leaf_totals = financial_totals(book.measures, changed, mapping=book.accounts)
+        leaf_totals |= operational_totals(book.measures, changed)
     lap("aggregate")
-    monthly = _roll_up_entities(leaf_totals, book.measures, tree, _rates())
+    monthly = _roll_up_entities(leaf_totals, book.measures, book.tree, _rates())
     trust = _Trust.find(book, run)
     summary = _Summary.read(book.fiscal_start) if trust is not None else None
     if trust is not None and summary is not None:
@@ -261,7 +317,7 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
     values = _derive_grains(monthly, book.behaviour_of, book.fiscal_start)
     lap("measures")
     # Read before the evaluation starts: a query made while it runs waits for the GIL after it.
-    targets = _Targets(book.kpis, book.fiscal_start)
+    targets = _Targets(book)
     lap("targets")  # reading them; each value gets its own as it is stored
 
     with transaction.atomic(savepoint=False):  # recompute() holds the transaction
@@ -375,7 +431,7 @@ def _recompute_changes(
         )
         outlines = _outlines(whole, window, reach, measure_rows, book, shape)
         # Read before the evaluation starts: a query made while it runs waits for the GIL after it.
-        targets = _Targets(book.kpis, book.fiscal_start, typed=trust.typed)
+        targets = _Targets(book, typed=trust.typed)
         # The formulas are evaluated while the measure values are written (on PostgreSQL).
         evaluated = _InBackground(
             lambda stop: _evaluate_kpis(
@@ -1871,18 +1927,21 @@ class _Targets:
     its target, origin and status; ``_store_kpis`` calls it as each row is written, so on
     PostgreSQL that work overlaps the server's parsing of the rows before it."""
 
-    def __init__(self, kpis: list[KPI], fiscal_start: int, *, typed: set[int] | None = None) -> None:
+    def __init__(self, book: _Book, *, typed: set[int] | None = None) -> None:
         """``typed``: the KPIs known to have typed or imported targets (None: read them all)."""
+        kpis = book.kpis
         # Every result evaluated, set once they are: the budget and last-year values come from them.
         self.results: dict[KPIKey, _KPIResult] = {}
         self.earlier: dict[KPIKey, float | None] = {}  # values evaluated for targets only
-        self.scenarios = {s.pk: s for s in Scenario.objects.all()}
+        self.scenarios = book.scenarios
         budget_ids = [pk for pk, s in self.scenarios.items() if s.kind == Scenario.Kind.BUDGET]
         self.budget_id = (
             min(budget_ids, key=lambda pk: (self.scenarios[pk].code != "budget", pk)) if budget_ids else None
         )
         self.by_pk = {kpi.pk: kpi for kpi in kpis}
-        self.typed = _typed_targets([kpi for kpi in kpis if typed is None or kpi.pk in typed], fiscal_start)
+        self.typed = _typed_targets(
+            [kpi for kpi in kpis if typed is None or kpi.pk in typed], book.fiscal_start
+        )
         shown = separators()  # the reasons' numbers: looked up once, not for each of thousands
         self.thresholds = {kpi.pk: _thresholds(kpi, shown) for kpi in kpis}
 

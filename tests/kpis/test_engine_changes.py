@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from finops.loading import load_financial_facts, rebuild_ledger_totals, update_ledger_totals
-from finops.models import Entity, FinancialFact, RefreshRun, Scenario
+from finops.models import Account, Department, Entity, FinancialFact, RefreshRun, Scenario
 from kpis import engine
 from kpis.definitions import import_definitions
 from kpis.engine import EngineResult, _delete_keys, _insert_rows, recompute
@@ -691,3 +691,83 @@ def test_a_failed_write_of_the_kept_rows_raises_djangos_error(company):
             [(kept.measure_id, kept.scenario_id, kept.entity_id, "[]", "[]", 1)],
             json_fields={"months", "partial"},
         )
+
+
+# --- the definitions a worker keeps between recomputes ----------------------------------------
+
+DEFINITION_CHANGES = {
+    "a KPI's formula, not through the services": lambda: KPI.objects.filter(code="revenue").update(
+        formula="net_sales * 2"
+    ),
+    "a measure's accounts": lambda: Measure.objects.get(code="cost").accounts.add(
+        Account.objects.get(code="4100")
+    ),
+    "an account's roll-up sign": lambda: Account.objects.filter(code="4200").update(rollup_sign=1),
+    "an entity's currency": lambda: Entity.objects.filter(code="EU").update(currency="GBP"),
+    "a new department": lambda: Department.objects.create(code="ops", name="Operations"),
+    "a scenario's kind": lambda: Scenario.objects.filter(code="budget").update(kind=Scenario.Kind.FORECAST),
+    "a deleted measure": lambda: Measure.objects.filter(code="assets").delete(),
+}
+
+
+@pytest.mark.postgres
+def test_a_worker_reads_the_definitions_once_while_they_stay_the_same(company):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    company.book(facts(1))
+    refreshed()
+    kept = engine._Book.load()
+    company.book(facts(2, [MONTHS[3]]))
+    with CaptureQueriesContext(connection) as queries:
+        refreshed(months=[MONTHS[3]])
+    read = [query["sql"] for query in queries.captured_queries]
+    for table in ("kpis_kpi", "kpis_measure", "finops_entity", "finops_account", "finops_scenario"):
+        assert not [sql for sql in read if f'FROM "{table}"' in sql], table
+    assert engine._Book.load() is kept
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("change", DEFINITION_CHANGES.values(), ids=DEFINITION_CHANGES.keys())
+def test_any_change_to_the_definitions_is_read_by_the_next_recompute(company, change):
+    company.book(facts(1))
+    refreshed()
+    kept = engine._Book.load()
+    assert engine._Book.load() is kept
+    change()
+    assert engine._Book.load() is not kept
+
+
+@pytest.mark.postgres
+def test_an_account_sign_changed_behind_the_engines_back_is_in_the_next_recompute(company):
+    """No KPI change is recorded and no measure is saved: only the fingerprint of the
+    definitions tells the worker that the book it keeps is out of date."""
+    march = date(2023, 3, 1)
+    company.book([(f"{march:%Y-%m}", "US", "4100", "1000"), (f"{march:%Y-%m}", "US", "4200", "100")])
+    refreshed()
+    assert measure_value("net_sales", march) == Decimal("900")  # 4100 less the returns in 4200
+    Account.objects.filter(code="4200").update(rollup_sign=1)
+    refreshed()
+    assert measure_value("net_sales", march) == Decimal("1100")
+
+
+@pytest.mark.postgres
+def test_definitions_read_in_a_transaction_that_is_rolled_back_are_not_used_after_it(company):
+    from django.db import transaction
+
+    formula = {kpi.code: kpi.formula for kpi in engine._Book.load().kpis}["revenue"]
+
+    class Undone(Exception):
+        pass
+
+    with pytest.raises(Undone), transaction.atomic():
+        KPI.objects.filter(code="revenue").update(formula="net_sales * 2")
+        assert {kpi.code: kpi.formula for kpi in engine._Book.load().kpis}["revenue"] == "net_sales * 2"
+        raise Undone
+    assert {kpi.code: kpi.formula for kpi in engine._Book.load().kpis}["revenue"] == formula
+
+
+def measure_value(code: str, period: date, entity: str = "US") -> Decimal:
+    return MeasureValue.objects.get(
+        measure__code=code, period=period, grain="month", entity__code=entity, scenario__code="actual"
+    ).value
