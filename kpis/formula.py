@@ -1269,16 +1269,15 @@ def _months_to_days(months: np.ndarray) -> np.ndarray:
     return (months - 1970 * 12).astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
 
 
-def _period_labels(months: np.ndarray, step: int, fy_start: int) -> np.ndarray:
-    """Labels of periods of ``step`` months starting at ``months`` (month numbers)."""
-    year, month = months // 12, months % 12 + 1
+def _period_label(number: int, step: int, fy_start: int) -> str:
+    """The label of the period of ``step`` months starting at month ``number``."""
+    year, month = number // 12, number % 12 + 1
     if step == 1:
-        return np.char.add(np.char.add(_MONTH_NAMES[month - 1], " "), year.astype(str))
-    fiscal_year = np.where((fy_start != 1) & (month >= fy_start), year + 1, year)
-    text = np.char.add("FY" if fy_start != 1 else "", fiscal_year.astype(str))
+        return f"{_MONTH_NAMES[month - 1]} {year}"
+    fiscal_year = year + 1 if fy_start != 1 and month >= fy_start else year
+    text = f"FY{fiscal_year}" if fy_start != 1 else str(fiscal_year)
     if step == 3:
-        quarter = ((month - fy_start) % 12) // 3 + 1
-        text = np.char.add(np.char.add(text, " Q"), quarter.astype(str))
+        text += f" Q{((month - fy_start) % 12) // 3 + 1}"
     return text
 
 
@@ -1420,6 +1419,8 @@ class _Evaluator:
         self.step, self.group_step = periods.step, periods.group_step
         self.per_year = 12 // self.step
         self._labels: np.ndarray | None = None
+        self._label_of: dict[int, str] = {}  # by month number * 16 + months in the period
+        self._position_labels: tuple[np.ndarray, np.ndarray] | None = None  # see ``column``
         self._leaves: dict[tuple[str, _Mode], _Vec] = {}
         self._expanding: list[str] = []
         self._depth = 0
@@ -1454,11 +1455,24 @@ class _Evaluator:
             return self._labels
         if steps is None:
             raise TypeError("labels of given months need their periods' lengths (steps)")
-        out = np.empty(len(months), dtype=object)
-        for step in np.unique(steps).tolist():
-            chosen = steps == step
-            out[chosen] = _period_labels(months[chosen], step, self.context.fiscal_year_start_month)
-        return out
+        texts, which = self._distinct_labels(months, steps)
+        return texts[which]
+
+    def _distinct_labels(self, months: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct labels of these periods (objects) and each period's among them: a frame
+        has a few dozen periods over hundreds of rows, each labelled once."""
+        keys = np.asarray(months, dtype=np.int64) * 16 + np.broadcast_to(
+            np.asarray(steps, dtype=np.int64), len(months)
+        )
+        distinct, which = np.unique(keys, return_inverse=True)
+        fy_start, known = self.context.fiscal_year_start_month, self._label_of
+        texts = np.empty(len(distinct), dtype=object)
+        for n, key in enumerate(distinct.tolist()):
+            text = known.get(key)
+            if text is None:
+                text = known[key] = _period_label(key // 16, key % 16, fy_start)
+            texts[n] = text
+        return texts, which.reshape(-1)
 
     def empty(self, reason: str) -> _Vec:
         return _Vec(np.full(self.size, np.nan), np.full(self.size, reason, dtype=object))
@@ -1475,8 +1489,9 @@ class _Evaluator:
         missing = np.zeros(self.size, dtype=bool)
         for operand in reversed(operands):
             nan = np.isnan(operand.num)
-            why = np.where(nan, operand.why, why)
-            missing |= nan
+            if nan.any():
+                why = np.where(nan, operand.why, why)
+                missing |= nan
         num = np.where(missing, np.nan, num)
         bad = ~np.isfinite(num) & ~missing
         if bad.any():
@@ -1697,7 +1712,13 @@ class _Evaluator:
         missing = np.isnan(num)
         why = np.full(self.size, None, dtype=object)
         if missing.any():
-            why[missing] = f"missing input: {name} has no value for " + self.labels()[missing]
+            if self._position_labels is None:
+                self._position_labels = self._distinct_labels(self.months, self.step)
+            texts, which = self._position_labels
+            reasons = np.array(
+                [f"missing input: {name} has no value for {text}" for text in texts], dtype=object
+            )
+            why[missing] = reasons[which[missing]]
         return _Vec(num, why)
 
     def frame_column(self, name: str) -> np.ndarray | None:
@@ -1904,7 +1925,7 @@ def _arrays(evaluator: _Evaluator, formula: Formula) -> tuple[np.ndarray, np.nda
         given = result.why[evaluator.rows[empty]]
         # Every rule above gives its own reason; this is a safety net so that no empty value (or
         # infinity) is ever passed on unexplained.
-        why[empty] = np.where(np.equal(given, None), _OUT_OF_RANGE, given)
+        why[empty] = np.where(given.astype(bool), given, _OUT_OF_RANGE)  # None (or "") is no reason
     return np.where(empty, np.nan, num), why
 
 
