@@ -133,6 +133,7 @@ class _Book:
     scenarios: dict[int, Scenario]
     accounts: list[AccountRow]  # see ``account_mapping``
     _contexts: dict[str, EvalContext] = field(default_factory=dict)
+    _lookbacks: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> _Book:
@@ -196,6 +197,13 @@ class _Book:
     def fixed_scenario(self) -> dict[str, int]:
         """Measures that always read one scenario (a budget measure), by code."""
         return {m.code: m.scenario_id for m in self.measures if m.scenario_id}
+
+    def lookback(self, code: str, grain: str) -> int:
+        """How many periods back a KPI's formula reads at a grain (see ``formula.lookback``)."""
+        found = self._lookbacks.get((code, grain))
+        if found is None:
+            found = self._lookbacks[(code, grain)] = lookback(self.formulas[code], self.context(grain))
+        return found
 
     def context(self, grain: str, missing: dict | None = None) -> EvalContext:
         if not missing:  # one for each grain (an EvalContext checks its behaviours as it is made)
@@ -820,9 +828,7 @@ class _Reach:
                 if not self.measures[grain] or untouched:
                     continue
                 step = STEP[grain]
-                reach = self.lookbacks[(kpi.pk, grain)] = lookback(
-                    book.formulas[kpi.code], book.context(grain)
-                )
+                reach = self.lookbacks[(kpi.pk, grain)] = book.lookback(kpi.code, grain)
                 periods = {
                     add_months(start, n * step) for start in self.measures[grain] for n in range(reach + 1)
                 }
@@ -1061,10 +1067,19 @@ def _outlines(
     for (scenario_id, entity_id, grain, period), is_partial in stored.periods.items():
         if grain in periods and period not in reach.measures[grain]:
             periods[grain][(scenario_id, entity_id, _month_number(period))] = is_partial
+    # The recomputed values' periods (a few dozen among their hundreds of values), partial when
+    # one of the period's values is.
+    recomputed_periods: dict[tuple[int, int, str, date], bool] = {}
     for (_measure, scenario_id, entity_id, grain, period), (_value, note) in recomputed.items():
+        key = (scenario_id, entity_id, grain, period)
+        if note.startswith("partial"):
+            recomputed_periods[key] = True
+        elif key not in recomputed_periods:
+            recomputed_periods[key] = False
+    for (scenario_id, entity_id, grain, period), is_partial in recomputed_periods.items():
         if grain in periods:
             key = (scenario_id, entity_id, _month_number(period))
-            periods[grain][key] = periods[grain].get(key, False) or note.startswith("partial")
+            periods[grain][key] = periods[grain].get(key, False) or is_partial
     outlines = {}
     for grain, bounds in window.items():
         low, high = (date.min, date.max) if bounds is None else bounds
