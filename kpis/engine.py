@@ -229,6 +229,12 @@ BOOK_TABLES = (KPI, Measure, Measure.accounts.through, Entity, Account, Departme
 _KEPT_BOOKS: dict[str, tuple[tuple, _Book]] = {}  # per database alias: (fingerprint, book)
 
 
+def forget_kept_definitions() -> None:
+    """Forget the books this worker keeps: its next recompute reads the definitions, as a
+    worker's first one does."""
+    _KEPT_BOOKS.clear()
+
+
 def _definitions_fingerprint() -> tuple | None:
     """A fingerprint of the stored definitions (None: not on PostgreSQL), in one query: each
     table's row count and the sum of a 64-bit hash of each row's text, which any insert,
