@@ -336,7 +336,7 @@ def _recompute(run: RefreshRun | None, months: Iterable[date] | None) -> EngineR
 
     with transaction.atomic(savepoint=False):  # recompute() holds the transaction
         # The formulas are evaluated while the measure values are written (on PostgreSQL).
-        evaluated = _InBackground(lambda stop: _evaluate_kpis(values, book, stop=stop))
+        evaluated = _InBackground(lambda stop: _evaluate_kpis(_Columns.of(values), book, stop=stop))
         try:
             result.measure_values = _store_measures(values, run)
             _Summary.of((key, note) for key, (_value, note) in values.items()).write(book.fiscal_start)
@@ -435,8 +435,8 @@ def _recompute_changes(
     targets = None
     if reach.kpis:  # the stored values the results read, but those just recomputed (or gone)
         window = reach.window()
-        values = stored.needed(reach.needs(book), skip=reach.measures)
-        values.update(measure_rows)
+        read, before_read = stored.needed(reach.needs(book), skip=reach.measures)
+        values = read + _Columns.of(before_read | measure_rows)
         shape = shape or summary.shape(excluding=[], fiscal_start=fiscal_start)
         whole = (
             fresh_shape
@@ -941,10 +941,10 @@ class _StoredMeasures:
 
     def needed(
         self, needs: dict[str, dict[int, tuple[date, date] | None]], skip: dict[str, set[date]]
-    ) -> Values:
+    ) -> tuple[_Columns, Values]:
         """Stored values of each grain and measure, within their periods (None: all), but those
-        of the periods in ``skip`` (per grain); those of the (grain, period) pairs read before
-        come from what was read then."""
+        of the periods in ``skip`` (per grain), as columns for the formulas; and those of the
+        (grain, period) pairs read before, from what was read then."""
         grouped: dict[tuple[str, tuple[date, date] | None], list[int]] = defaultdict(list)
         for grain, measures in needs.items():
             for measure_id, bounds in measures.items():
@@ -952,9 +952,7 @@ class _StoredMeasures:
         left_out = defaultdict(set, {grain: set(periods) for grain, periods in skip.items()})
         for grain, period in self.pairs:  # read before: below
             left_out[grain].add(period)
-        out = {
-            (m, s, e, g, p): (value, note) for m, s, e, g, p, value, note in _needed_rows(grouped, left_out)
-        }
+        out: Values = {}
         for (grain, period), values in self.by_period.items():
             if grain not in needs or period in skip.get(grain, ()):
                 continue
@@ -963,7 +961,7 @@ class _StoredMeasures:
                 bounds = wanted.get(key[0], False)
                 if bounds is None or (bounds and bounds[0] <= period <= bounds[1]):
                     out[key] = value
-        return out
+        return _needed_columns(grouped, left_out), out
 
     def _read(self, pairs: list[tuple[str, date]]) -> Iterable[tuple]:
         starts = {grain: [period for name, period in pairs if name == grain] for grain in GRAINS}
@@ -994,35 +992,50 @@ class _StoredMeasures:
             return cursor.fetchall()
 
 
-def _needed_rows(
+def _needed_columns(
     grouped: dict[tuple[str, tuple[date, date] | None], list[int]], skip: dict[str, set[date]]
-) -> Iterable[tuple]:
-    """(measure, scenario, entity, grain, period, value, note) of the stored values of these
-    measures (grouped by grain and periods, None: all), but of the periods in ``skip`` (per
-    grain). On PostgreSQL in plain SQL: the ORM took longer to build and compile the query
-    than the database to run it."""
+) -> _Columns:
+    """The stored values of these measures (grouped by grain and periods, None: all), but of
+    the periods in ``skip`` (per grain), as columns. On PostgreSQL each column comes as one
+    array (its text parsed by numpy): thousands of values, and the formulas read them as
+    numbers, not as keys and Decimals."""
     if connection.vendor != "postgresql":
         found = models.Q(pk__in=[])
         for (grain, bounds), measure_ids in grouped.items():
             where = models.Q(grain=grain, measure_id__in=sorted(measure_ids))
             where &= ~models.Q(period__in=sorted(skip.get(grain, ())))
             found |= where if bounds is None else where & models.Q(period__range=bounds)
-        return _fetch(MeasureValue.objects.filter(found))
-    if not grouped:
-        return []
+        return _Columns.of(_rows(MeasureValue.objects.filter(found)))
     conditions, params = [], []
     for (grain, bounds), measure_ids in grouped.items():
         conditions.append(
             "(measure_id = ANY(%s) AND grain = %s AND period BETWEEN %s AND %s AND NOT period = ANY(%s))"
         )
         params += [sorted(measure_ids), grain, *(bounds or (date.min, date.max)), sorted(skip.get(grain, ()))]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT measure_id, scenario_id, entity_id, grain, period, value, note "  # noqa: S608
-            f"FROM {MeasureValue._meta.db_table} WHERE {' OR '.join(conditions)}",
-            params,
-        )
-        return cursor.fetchall()
+    found = None
+    if conditions:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT array_agg(measure_id)::text, array_agg(scenario_id)::text, "  # noqa: S608
+                "array_agg(entity_id)::text, "
+                "array_agg(CASE grain WHEN 'month' THEN 0 WHEN 'quarter' THEN 1 ELSE 2 END)::text, "
+                "array_agg((extract(year FROM period) * 12 + extract(month FROM period) - 1)::int)::text, "
+                "array_agg(value::float8)::text, "  # the number a Decimal's float() is
+                "array_agg(CASE WHEN note LIKE 'partial%%' THEN 1 ELSE 0 END)::text "
+                f"FROM {MeasureValue._meta.db_table} WHERE {' OR '.join(conditions)}",
+                params,
+            )
+            found = cursor.fetchone()
+    if not found or found[0] is None:  # no value
+        return _Columns.of({})
+    measure, scenario, entity, grain, month, number, partial = (
+        np.fromstring(text[1:-1].replace("NULL", "nan"), dtype=np.float64 if n == 5 else np.int64, sep=",")
+        for n, text in enumerate(found)
+    )
+    return _Columns(measure, scenario, entity, _GRAIN_NAMES[grain], month, number, partial.astype(bool))
+
+
+_GRAIN_NAMES = np.array(GRAINS, dtype=object)
 
 
 def _year_months(months: Iterable[date], fiscal_start: int) -> set[date]:
@@ -1639,23 +1652,53 @@ class _Outline:
     periods: dict[tuple[int, int, int], bool]  # (scenario, entity, month number) -> partial
 
 
-def _frame(values: Values, book: _Book, outlines: dict[str, _Outline] | None = None) -> _Frame | None:
+@dataclass
+class _Columns:
+    """Measure values as the formulas read them, a column per part: each value's measure,
+    scenario, entity, grain, period start (month number), number (NaN: empty) and whether
+    its period is partial."""
+
+    measure: np.ndarray
+    scenario: np.ndarray
+    entity: np.ndarray
+    grain: np.ndarray  # "month", "quarter" or "year" (objects)
+    month: np.ndarray
+    number: np.ndarray
+    partial: np.ndarray
+
+    @classmethod
+    def of(cls, values: Values) -> _Columns:
+        if values:  # each key's and value's parts as columns
+            measures, scenarios, entities, grains, periods = zip(*values, strict=True)
+            amounts, notes = zip(*values.values(), strict=True)
+        else:
+            measures = scenarios = entities = grains = periods = amounts = notes = ()
+        month_of = {period: _month_number(period) for period in set(periods)}
+        return cls(
+            np.array(measures, dtype=np.int64),
+            np.array(scenarios, dtype=np.int64),
+            np.array(entities, dtype=np.int64),
+            np.array(grains, dtype=object),
+            np.array([month_of[period] for period in periods], dtype=np.int64),
+            np.array([math.nan if value is None else float(value) for value in amounts], dtype=np.float64),
+            np.array([note.startswith("partial") for note in notes], dtype=bool),
+        )
+
+    def __add__(self, other: _Columns) -> _Columns:
+        return _Columns(
+            *(
+                np.concatenate([getattr(self, name), getattr(other, name)])
+                for name in ("measure", "scenario", "entity", "grain", "month", "number", "partial")
+            )
+        )
+
+
+def _frame(columns: _Columns, book: _Book, outlines: dict[str, _Outline] | None = None) -> _Frame | None:
     """The frame of every grain (None: no series). A measure that always reads one scenario
     (a budget measure) takes that scenario's values in every series, and every series has it."""
     code_of = {m.pk: m.code for m in book.measures}
-    if values:  # each key's and value's parts as columns
-        measures, scenarios, entities, grains, periods = zip(*values, strict=True)
-        amounts, notes = zip(*values.values(), strict=True)
-    else:
-        measures = scenarios = entities = grains = periods = amounts = notes = ()
-    month_of = {period: _month_number(period) for period in set(periods)}
-    measure = np.array(measures, dtype=np.int64)
-    scenario = np.array(scenarios, dtype=np.int64)
-    entity = np.array(entities, dtype=np.int64)
-    grain = np.array(grains, dtype=object)
-    month = np.array([month_of[period] for period in periods], dtype=np.int64)
-    numbers = np.array([math.nan if value is None else float(value) for value in amounts], dtype=np.float64)
-    partial = np.array([note.startswith("partial") for note in notes], dtype=bool)
+    measure, scenario, entity, grain = columns.measure, columns.scenario, columns.entity, columns.grain
+    month, numbers, partial = columns.month, columns.number, columns.partial
     parts = []
     for name in GRAINS:
         chosen = grain == name
@@ -1816,7 +1859,7 @@ def _stack(
 
 
 def _evaluate_kpis(
-    values: Values,
+    values: _Columns,
     book: _Book,
     wanted: Callable[[int, str], set[date] | None] | None = None,
     outlines: dict[str, _Outline] | None = None,
