@@ -998,7 +998,8 @@ def _needed_columns(
     """The stored values of these measures (grouped by grain and periods, None: all), but of
     the periods in ``skip`` (per grain), as columns. On PostgreSQL each column comes as one
     array (its text parsed by numpy): thousands of values, and the formulas read them as
-    numbers, not as keys and Decimals."""
+    numbers, not as keys and Decimals. Periods come as month numbers, grains as their
+    positions in ``GRAINS``."""
     if connection.vendor != "postgresql":
         found = models.Q(pk__in=[])
         for (grain, bounds), measure_ids in grouped.items():
@@ -1019,8 +1020,8 @@ def _needed_columns(
                 "SELECT array_agg(measure_id)::text, array_agg(scenario_id)::text, "  # noqa: S608
                 "array_agg(entity_id)::text, "
                 "array_agg(CASE grain WHEN 'month' THEN 0 WHEN 'quarter' THEN 1 ELSE 2 END)::text, "
-                "array_agg((extract(year FROM period) * 12 + extract(month FROM period) - 1)::int)::text, "
-                "array_agg(value::float8)::text, "  # the number a Decimal's float() is
+                "array_agg(date_part('year', period)::int * 12 + date_part('month', period)::int - 1)::text, "
+                "array_agg(value)::text, "  # parsed as float() parses the Decimal's text
                 "array_agg(CASE WHEN note LIKE 'partial%%' THEN 1 ELSE 0 END)::text "
                 f"FROM {MeasureValue._meta.db_table} WHERE {' OR '.join(conditions)}",
                 params,
