@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
+from django.db import models
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
 
 from finops.admin_base import WaitsForRefresh
 from finops.errors import ImportRejected
@@ -89,19 +91,55 @@ class KPIChangeInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def get_formset(self, request, obj=None, **kwargs):
+        self._names: dict[tuple[type, object], str] = {}  # related objects' names, per page
+        return super().get_formset(request, obj, **kwargs)
+
     @admin.display(description="What changed")
     def what_changed(self, change: KPIChange):
+        """Each field by its label, with its old and new value as the form shows them (a
+        choice's label, a department's or user's name)."""
         return format_html(
             "<dl class='kpi-changes'>{}</dl>",
             format_html_join(
                 "",
                 "<dt>{}</dt><dd><del>{}</del> → <ins>{}</ins></dd>",
                 (
-                    (field, old if old is not None else "—", new)
-                    for field, (old, new) in change.changes.items()
+                    (_label(name), self._shown(name, old), self._shown(name, new))
+                    for name, (old, new) in change.changes.items()
                 ),
             ),
         )
+
+    def _shown(self, name: str, value) -> str:
+        field = _field(name)
+        if value is None:
+            return "—"
+        if field is None:
+            return str(value)
+        if field.is_relation:  # a department or user: its name (a query for each, once per page)
+            key = (field.related_model, value)
+            names = getattr(self, "_names", {})
+            if key not in names:
+                found = field.related_model._default_manager.filter(pk=value).first()
+                names[key] = str(found) if found is not None else f"#{value} (deleted)"
+            return names[key]
+        if field.choices:
+            return str(dict(field.flatchoices).get(value, value))
+        return str(value)
+
+
+def _field(name: str) -> models.Field | None:
+    """The KPI field a recorded change names (``owner_department_id`` is ``owner_department``)."""
+    try:
+        return KPI._meta.get_field(name.removesuffix("_id"))
+    except FieldDoesNotExist:
+        return None
+
+
+def _label(name: str) -> str:
+    field = _field(name)
+    return capfirst(field.verbose_name) if field is not None else name
 
 
 class TargetInline(admin.TabularInline):

@@ -180,7 +180,7 @@ def test_a_valid_save_is_recorded_and_shown_in_the_change_history(client, analys
 
     page = client.get(change_url("gm_pct")).content.decode()
     assert "Change history" in page
-    assert "<dt>formula</dt><dd><del>—</del> → <ins>(revenue - cost) / revenue</ins></dd>" in page
+    assert "<dt>Formula</dt><dd><del>—</del> → <ins>(revenue - cost) / revenue</ins></dd>" in page
     assert analyst.username in page
 
 
@@ -198,7 +198,17 @@ def test_editing_the_formula_bumps_the_version(client, analyst):
     kpi.refresh_from_db()
     assert (kpi.name, kpi.formula_version, kpi.changes.count()) == ("GM %", 2, 3)
     page = client.get(change_url("gm_pct")).content.decode()
-    assert page.count("<dt>formula</dt>") == 2 and "<dt>name</dt>" in page
+    assert page.count("<dt>Formula</dt>") == 2 and "<dt>Name</dt>" in page
+
+
+def test_the_change_history_names_fields_departments_and_choices_as_the_form_does(client, analyst, book):
+    client.post(ADD, form())
+    response = client.post(change_url("gm_pct"), form(owner_department=str(book.dept.pk), direction="lower"))
+    assert response.status_code == 302
+    page = client.get(change_url("gm_pct")).content.decode()
+    assert "<dt>Owner department</dt><dd><del>—</del> → <ins>Finance</ins></dd>" in page
+    assert "<dt>Direction</dt><dd><del>Higher is better</del> → <ins>Lower is better</ins></dd>" in page
+    assert "owner_department_id" not in page
 
 
 def test_saving_an_unchanged_form_records_nothing(client, analyst):
