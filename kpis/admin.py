@@ -91,9 +91,9 @@ class KPIChangeInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
-    def get_formset(self, request, obj=None, **kwargs):
-        self._names: dict[tuple[type, object], str] = {}  # related objects' names, per page
-        return super().get_formset(request, obj, **kwargs)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # an inline is made for each request
+        self._names: dict[tuple[type, object], str] = {}  # related objects' names, looked up once
 
     @admin.display(description="What changed")
     def what_changed(self, change: KPIChange):
@@ -119,11 +119,10 @@ class KPIChangeInline(admin.TabularInline):
             return str(value)
         if field.is_relation:  # a department or user: its name (a query for each, once per page)
             key = (field.related_model, value)
-            names = getattr(self, "_names", {})
-            if key not in names:
+            if key not in self._names:
                 found = field.related_model._default_manager.filter(pk=value).first()
-                names[key] = str(found) if found is not None else f"#{value} (deleted)"
-            return names[key]
+                self._names[key] = str(found) if found is not None else f"#{value} (deleted)"
+            return self._names[key]
         if field.choices:
             return str(dict(field.flatchoices).get(value, value))
         return str(value)
